@@ -1,0 +1,457 @@
+//! fuser `Filesystem` over an [`FsEngine`]: a span per operation, a call into the
+//! engine, and the engine's answer turned into a reply.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+};
+use tracing::debug_span;
+
+use crate::engine::{Attr, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs};
+
+/// How the kernel mount is set up.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    /// Shown as the source in /proc/mounts.
+    pub fsname: String,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// FUSE dispatch threads, each with its own cloned /dev/fuse descriptor.
+    pub threads: usize,
+    /// Requests the kernel may have in flight in the background (readahead).
+    pub max_background: u16,
+}
+
+/// A mounted filesystem; `run` serves it until it is unmounted.
+pub struct MountedSession<E: FsEngine> {
+    session: Session<FuseAdapter<E>>,
+}
+
+impl<E: FsEngine> MountedSession<E> {
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+/// Mounts `engine` and completes the FUSE handshake, so that the mount is ready
+/// when this returns.
+pub fn mount<E: FsEngine>(engine: E, config: &MountConfig) -> io::Result<MountedSession<E>> {
+    let mut options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("tierfs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+    ];
+    options.push(if config.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(config.threads.max(1));
+    fuse_config.clone_fd = config.threads > 1;
+    let adapter = FuseAdapter {
+        engine,
+        max_background: config.max_background,
+    };
+    let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
+    Ok(MountedSession { session })
+}
+
+struct FuseAdapter<E> {
+    engine: E,
+    max_background: u16,
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    let kind = match attr.kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+    };
+    FileAttr {
+        ino: INodeNo(attr.ino),
+        size: attr.size,
+        blocks: attr.size.div_ceil(512),
+        atime: attr.mtime,
+        mtime: attr.mtime,
+        ctime: attr.mtime,
+        crtime: attr.mtime,
+        kind,
+        perm: attr.perm,
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+/// A fuser reply that can carry an error.
+trait ErrorReply: Send + 'static {
+    fn fail(self, e: fuser::Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(
+        impl ErrorReply for $t {
+            fn fail(self, e: fuser::Errno) {
+                self.error(e)
+            }
+        }
+    )*};
+}
+error_reply!(
+    ReplyCreate,
+    ReplyEntry,
+    ReplyAttr,
+    ReplyOpen,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyStatfs,
+    ReplyXattr
+);
+
+/// Builds the engine callback for one request: a value goes to `on_ok` with the
+/// reply, an error becomes the reply's errno.
+fn answer<R: ErrorReply, T: 'static>(
+    reply: R,
+    on_ok: impl FnOnce(R, T) + Send + 'static,
+) -> Reply<T> {
+    Box::new(move |result| match result {
+        Ok(value) => on_ok(reply, value),
+        Err(e) => {
+            tracing::debug!(errno = e.0, "request failed");
+            reply.fail(errno(e))
+        }
+    })
+}
+
+/// Sends an extended attribute value or its size, as the caller's buffer asks.
+fn reply_xattr(reply: ReplyXattr, size: u32) -> Reply<Vec<u8>> {
+    answer(reply, move |reply: ReplyXattr, value: Vec<u8>| {
+        if size == 0 {
+            reply.size(value.len() as u32)
+        } else if value.len() > size as usize {
+            reply.error(fuser::Errno::ERANGE)
+        } else {
+            reply.data(&value)
+        }
+    })
+}
+
+fn read_only(reply: impl ErrorReply) {
+    reply.fail(fuser::Errno::EROFS)
+}
+
+impl<E: FsEngine> Filesystem for FuseAdapter<E> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // The kernel clamps max_pages to /proc/sys/fs/fuse/max_pages_limit; asking for
+        // the largest write size makes it grant the largest read size it allows.
+        if let Err(nearest) = config.set_max_write(16 << 20) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        if let Err(nearest) = config.set_max_background(self.max_background) {
+            let _ = config.set_max_background(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
+        self.engine.lookup(
+            parent.0,
+            name,
+            answer(reply, |reply: ReplyEntry, e: Entry| {
+                reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0))
+            }),
+        );
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _span = debug_span!("forget", ino = ino.0, nlookup).entered();
+        self.engine.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = debug_span!("getattr", ino = ino.0).entered();
+        self.engine.getattr(
+            ino.0,
+            answer(reply, |reply: ReplyAttr, e: Entry| {
+                reply.attr(&e.ttl, &file_attr(&e.attr))
+            }),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = debug_span!("opendir", ino = ino.0).entered();
+        self.engine.opendir(
+            ino.0,
+            answer(reply, |reply: ReplyOpen, fh: u64| {
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }),
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        let _span = debug_span!("readdir", ino = ino.0, fh = fh.0, offset).entered();
+        self.engine.readdir(
+            ino.0,
+            fh.0,
+            answer(
+                reply,
+                move |mut reply: ReplyDirectory, entries: Arc<[DirEntry]>| {
+                    // Offsets are positions in the snapshot taken at opendir, so a
+                    // listing read in many calls is consistent.
+                    for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+                        let kind = match entry.kind {
+                            FileKind::File => FileType::RegularFile,
+                            FileKind::Directory => FileType::Directory,
+                        };
+                        if reply.add(INodeNo(entry.ino), (i + 1) as u64, kind, &entry.name) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                },
+            ),
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("releasedir", ino = ino.0, fh = fh.0).entered();
+        self.engine.releasedir(ino.0, fh.0);
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = debug_span!("open", ino = ino.0, ?flags).entered();
+        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        self.engine.open(
+            ino.0,
+            write,
+            answer(reply, |reply: ReplyOpen, opened: Opened| {
+                let mut fopen = FopenFlags::empty();
+                if opened.keep_cache {
+                    fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+                }
+                reply.opened(FileHandle(opened.fh), fopen)
+            }),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        self.engine.read(
+            ino.0,
+            fh.0,
+            offset,
+            size,
+            answer(reply, |reply: ReplyData, data: Bytes| reply.data(&data)),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("release", ino = ino.0, fh = fh.0).entered();
+        self.engine.release(
+            ino.0,
+            fh.0,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = debug_span!("statfs", ino = ino.0).entered();
+        self.engine
+            .statfs(answer(reply, |reply: ReplyStatfs, s: StatFs| {
+                reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+                )
+            }));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("getxattr", ino = ino.0, ?name, size).entered();
+        self.engine.getxattr(ino.0, name, reply_xattr(reply, size));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("listxattr", ino = ino.0, size).entered();
+        self.engine.listxattr(ino.0, reply_xattr(reply, size));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions is set, so the kernel checks modes itself.
+        let _span = debug_span!("access", ino = ino.0).entered();
+        reply.ok();
+    }
+
+    // Writes reach the store through the write path; until a mount has one, every
+    // change to the namespace or to file contents is refused as on a read-only mount.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _span = debug_span!("setattr", ino = ino.0).entered();
+        read_only(reply)
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = debug_span!("mkdir", parent = parent.0, ?name).entered();
+        read_only(reply)
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = debug_span!("unlink", parent = parent.0, ?name).entered();
+        read_only(reply)
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = debug_span!("rmdir", parent = parent.0, ?name).entered();
+        read_only(reply)
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("rename", parent = parent.0, ?name).entered();
+        read_only(reply)
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _span = debug_span!("create", parent = parent.0, ?name).entered();
+        read_only(reply)
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("setxattr", ino = ino.0, ?name).entered();
+        // No writable attributes exist yet; an unknown name is ENOTSUP, as on ext4.
+        reply.fail(fuser::Errno::ENOTSUP)
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = debug_span!("removexattr", ino = ino.0, ?name).entered();
+        reply.fail(fuser::Errno::ENODATA)
+    }
+}

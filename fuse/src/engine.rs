@@ -1,0 +1,93 @@
+//! The trait the engine implements, in plain types with no fuser in them.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+/// A positive errno value, as the kernel expects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+/// How the engine answers a request: once, possibly from another thread.
+///
+/// Every operation gets one, so that the engine can answer from memory at once or
+/// hand slow work (object-store requests) to its runtime without ever blocking the
+/// FUSE dispatch thread.
+pub type Reply<T> = Box<dyn FnOnce(Result<T, Errno>) + Send>;
+
+/// Wraps a closure as a [`Reply`].
+pub fn reply_fn<T>(f: impl FnOnce(Result<T, Errno>) + Send + 'static) -> Reply<T> {
+    Box::new(f)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File,
+    Directory,
+}
+
+/// Attributes of one inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The answer to a lookup: attributes plus how long the kernel may trust them.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+/// One directory entry; `.` and `..` are included by the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: String,
+    pub kind: FileKind,
+}
+
+/// An opened file: the handle and how the kernel should cache it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Keep the kernel page cache from an earlier open: the object has not changed.
+    pub keep_cache: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// The filesystem operations tierfs serves. Inode 1 is the root.
+pub trait FsEngine: Send + Sync + 'static {
+    fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>);
+    fn forget(&self, ino: u64, nlookup: u64);
+    fn getattr(&self, ino: u64, reply: Reply<Entry>);
+    fn opendir(&self, ino: u64, reply: Reply<u64>);
+    /// The whole snapshot of a directory taken at `opendir`; the adapter pages it.
+    fn readdir(&self, ino: u64, fh: u64, reply: Reply<Arc<[DirEntry]>>);
+    fn releasedir(&self, ino: u64, fh: u64);
+    fn open(&self, ino: u64, write: bool, reply: Reply<Opened>);
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>);
+    fn release(&self, ino: u64, fh: u64, reply: Reply<()>);
+    fn statfs(&self, reply: Reply<StatFs>);
+    fn getxattr(&self, ino: u64, name: &OsStr, reply: Reply<Vec<u8>>);
+    /// Names, each followed by a NUL byte, as listxattr(2) returns them.
+    fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>);
+}

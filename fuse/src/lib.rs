@@ -1,0 +1,13 @@
+//! The fuser adapter of tierfs.
+//!
+//! This crate only translates kernel requests into calls on [`FsEngine`] and the
+//! engine's answers into fuser replies. It holds no filesystem logic: inode numbers,
+//! handles, caching and errno choice all belong to the engine behind the trait.
+
+mod adapter;
+mod engine;
+
+pub use adapter::{MountConfig, MountedSession, mount};
+pub use engine::{
+    Attr, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs, reply_fn,
+};

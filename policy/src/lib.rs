@@ -1,0 +1,7 @@
+//! Pure placement policy of tierfs: functions from what the tiers hold, their
+//! budgets and the time to what should move. No I/O and no runtime, so every
+//! decision can be tested and simulated on its own.
+
+pub mod eviction;
+
+pub use eviction::{bytes_to_free, lru_victims};

@@ -1,0 +1,139 @@
+//! Positional reads of cache files: io-uring where the kernel allows it, plain
+//! pread where it does not (old kernels, seccomp filters in containers).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use io_uring::{IoUring, opcode, types};
+
+static URING_BROKEN: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // One small ring per blocking thread: rings are not shared, so no locking.
+    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    if !URING_BROKEN.load(Ordering::Relaxed) {
+        match RING.with(|ring| uring_read_exact(&mut ring.borrow_mut(), file, buf, offset)) {
+            Ok(()) => return Ok(()),
+            Err(UringError::Unavailable(e)) => {
+                tracing::info!("io_uring is not available ({e}); reading the cache with pread");
+                URING_BROKEN.store(true, Ordering::Relaxed);
+            }
+            Err(UringError::Io(e)) => return Err(e),
+        }
+    }
+    file.read_exact_at(buf, offset)
+}
+
+/// Whether reads go through io-uring (false after it failed to set up).
+pub fn uses_io_uring() -> bool {
+    !URING_BROKEN.load(Ordering::Relaxed)
+}
+
+enum UringError {
+    Unavailable(io::Error),
+    Io(io::Error),
+}
+
+fn uring_read_exact(
+    ring: &mut Option<IoUring>,
+    file: &File,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<(), UringError> {
+    if ring.is_none() {
+        *ring = Some(IoUring::new(4).map_err(UringError::Unavailable)?);
+    }
+    let ring = ring.as_mut().expect("set above");
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let len = rest.len().min(1 << 30) as u32;
+        let entry = opcode::Read::new(types::Fd(file.as_raw_fd()), rest.as_mut_ptr(), len)
+            .offset(offset + done as u64)
+            .build();
+        // SAFETY: the buffer outlives the operation: we wait for its completion
+        // below before touching or returning the buffer.
+        unsafe { ring.submission().push(&entry) }
+            .map_err(|e| UringError::Io(io::Error::other(e.to_string())))?;
+        ring.submit_and_wait(1).map_err(UringError::Unavailable)?;
+        let cqe = ring
+            .completion()
+            .next()
+            .ok_or_else(|| UringError::Io(io::Error::other("io_uring returned no completion")))?;
+        let n = cqe.result();
+        if n < 0 {
+            let e = io::Error::from_raw_os_error(-n);
+            return Err(
+                if matches!(-n, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSYS) {
+                    UringError::Unavailable(e)
+                } else {
+                    UringError::Io(e)
+                },
+            );
+        }
+        if n == 0 {
+            return Err(UringError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Frees the disk blocks of a byte range without changing the file size.
+pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path`.
+pub fn disk_free(path: &std::path::Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and an out-struct of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_what_was_written_and_reports_eof() {
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        let mut buf = vec![0u8; 5000];
+        read_exact_at(&f, &mut buf, 1234).unwrap();
+        assert_eq!(&buf[..], &data[1234..6234]);
+        let err = read_exact_at(&f, &mut buf, 99_000).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        punch_hole(&f, 0, 8192).unwrap();
+        read_exact_at(&f, &mut buf[..100], 0).unwrap();
+        assert!(buf[..100].iter().all(|b| *b == 0));
+    }
+}

@@ -1,0 +1,51 @@
+//! The `tierfs` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tierfs",
+    version,
+    about = "Checkpoints in an object store, as files, tiered over NVMe and RAM"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount STORE (a directory, file://, s3://bucket/prefix, gs://, az://) at MOUNTPOINT.
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MountArgs {
+    /// A local directory or file:// URL, or s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix]
+    pub store: String,
+    /// An existing empty directory
+    pub mountpoint: PathBuf,
+    /// Mount options, k=v separated by commas (see README); may repeat
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Stay in the foreground instead of returning once the mount is ready
+    #[arg(short, long)]
+    pub foreground: bool,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mount(args) => crate::mount::run(&args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("tierfs: {message}");
+            1
+        }
+    }
+}

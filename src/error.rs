@@ -1,0 +1,83 @@
+//! The engine's error type and its one mapping to errno values.
+
+use std::io;
+
+use tierfs_fuse::Errno;
+
+/// Everything that can make a filesystem operation fail.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("is a directory")]
+    IsADirectory,
+    #[error("bad file handle {0}")]
+    BadHandle(u64),
+    #[error("the object changed in the store: {0}")]
+    Stale(String),
+    #[error("object store: {0}")]
+    Store(String),
+    #[error("timed out after {0:?} waiting for the object store")]
+    Timeout(std::time::Duration),
+    #[error("local cache: {0}")]
+    Cache(String),
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("no such attribute")]
+    NoAttribute,
+}
+
+impl FsError {
+    /// The one place where engine errors become errno values.
+    pub fn errno(&self) -> Errno {
+        Errno(match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+            FsError::BadHandle(_) => libc::EBADF,
+            FsError::Stale(_) => libc::ESTALE,
+            FsError::Store(_) | FsError::Timeout(_) | FsError::Cache(_) => libc::EIO,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::NoAttribute => libc::ENODATA,
+        })
+    }
+
+    pub fn from_store(e: object_store::Error) -> FsError {
+        match e {
+            object_store::Error::NotFound { .. } => FsError::NotFound,
+            object_store::Error::Precondition { path, .. } => FsError::Stale(path),
+            other => FsError::Store(error_chain(&other)),
+        }
+    }
+}
+
+impl From<io::Error> for FsError {
+    fn from(e: io::Error) -> Self {
+        FsError::Cache(e.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for FsError {
+    fn from(e: rocksdb::Error) -> Self {
+        FsError::Cache(e.to_string())
+    }
+}
+
+/// An error and all its sources on one line, for messages users read.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+pub type FsResult<T> = Result<T, FsError>;

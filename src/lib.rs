@@ -1,0 +1,16 @@
+//! tierfs: checkpoints in an object store, shown as files, tiered over NVMe and RAM.
+
+pub mod aws_profile;
+pub mod chunk;
+pub mod chunk_file;
+pub mod chunk_index;
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod mount;
+pub mod namespace;
+pub mod nvme_tier;
+pub mod options;
+pub mod size;
+pub mod store;
+pub mod tiered_reader;

@@ -1,0 +1,331 @@
+//! The NVMe tier: one sparse file per object version under `cache_dir/chunks`, a
+//! chunk at `index * chunk_size`, its presence and digest in the [`ChunkIndex`].
+//! Every read is checked against the digest; a mismatch is dropped so that the
+//! caller fetches the chunk again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
+use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
+use crate::error::FsResult;
+
+pub fn digest(data: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(data)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Recency order of the chunks on disk, for LRU eviction.
+#[derive(Default)]
+struct Recency {
+    order: BTreeMap<(u64, ChunkKey), u64>,
+    tick_of: HashMap<ChunkKey, u64>,
+    next_tick: u64,
+    used: u64,
+}
+
+impl Recency {
+    fn touch(&mut self, key: ChunkKey, len: u64) {
+        if let Some(old) = self.tick_of.remove(&key)
+            && let Some(old_len) = self.order.remove(&(old, key))
+        {
+            self.used -= old_len;
+        }
+        self.next_tick += 1;
+        self.order.insert((self.next_tick, key), len);
+        self.tick_of.insert(key, self.next_tick);
+        self.used += len;
+    }
+
+    fn remove(&mut self, key: &ChunkKey) {
+        if let Some(tick) = self.tick_of.remove(key)
+            && let Some(len) = self.order.remove(&(tick, *key))
+        {
+            self.used -= len;
+        }
+    }
+}
+
+/// Counters of the NVMe tier.
+#[derive(Debug, Default)]
+pub struct NvmeStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub healed: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub skipped_full: AtomicU64,
+}
+
+pub struct NvmeTier {
+    dir: PathBuf,
+    index: Arc<ChunkIndex>,
+    chunk_size: u64,
+    budget: u64,
+    min_free: u64,
+    recency: Mutex<Recency>,
+    files: Mutex<HashMap<FileId, Arc<File>>>,
+    pub stats: NvmeStats,
+}
+
+impl NvmeTier {
+    pub fn open(
+        cache_dir: &Path,
+        index: Arc<ChunkIndex>,
+        chunk_size: u64,
+        budget: u64,
+        min_free: u64,
+    ) -> FsResult<NvmeTier> {
+        let dir = cache_dir.join("chunks");
+        std::fs::create_dir_all(&dir)?;
+        let mut recency = Recency::default();
+        let mut known = index.all_chunks()?;
+        // Oldest first, so that the rebuilt order matches the recorded one.
+        known.sort_by_key(|(key, r)| (r.last_access, *key));
+        for (key, record) in known {
+            recency.touch(key, record.len as u64);
+        }
+        Ok(NvmeTier {
+            dir,
+            index,
+            chunk_size,
+            budget,
+            min_free,
+            recency: Mutex::new(recency),
+            files: Mutex::new(HashMap::new()),
+            stats: NvmeStats::default(),
+        })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.recency.lock().used
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn path_of(&self, file: FileId) -> PathBuf {
+        self.dir.join(format!("{}.data", file.hex()))
+    }
+
+    fn file(&self, file: FileId, create: bool) -> std::io::Result<Arc<File>> {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(&file) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .open(self.path_of(file))?,
+        );
+        files.insert(file, f.clone());
+        Ok(f)
+    }
+
+    /// Reads a chunk if it is on disk and its digest matches. Blocking.
+    pub fn read(&self, key: &ChunkKey) -> FsResult<Option<Bytes>> {
+        let Some(record) = self.index.get(key)? else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let file = match self.file(key.file, false) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.forget_chunk(key);
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut buf = vec![0u8; record.len as usize];
+        let offset = key.index * self.chunk_size;
+        let valid = match read_exact_at(&file, &mut buf, offset) {
+            Ok(()) => digest(&buf) == record.digest,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(e.into()),
+        };
+        if !valid {
+            tracing::warn!(file = %key.file.hex(), chunk = key.index, "cached chunk failed its digest check; fetching it again");
+            self.stats.healed.fetch_add(1, Ordering::Relaxed);
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            self.remove(key);
+            return Ok(None);
+        }
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.recency.lock().touch(*key, record.len as u64);
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Stores a chunk, evicting least recently used chunks to stay inside the
+    /// budget and above the free-space floor. Blocking. Returns false when the
+    /// chunk could not be given room.
+    pub fn write(&self, key: &ChunkKey, data: &[u8], chunk_digest: u128) -> FsResult<bool> {
+        let len = data.len() as u64;
+        if !self.make_room(len)? {
+            self.stats.skipped_full.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        // Data first, record second: a crash in between leaves bytes that no
+        // record points to, never a record that points to missing bytes.
+        self.index.delete(key)?;
+        let file = self.file(key.file, true)?;
+        file.write_all_at(data, key.index * self.chunk_size)?;
+        let record = ChunkRecord {
+            digest: chunk_digest,
+            len: data.len() as u32,
+            last_access: now_secs(),
+        };
+        self.index.put(key, &record)?;
+        self.recency.lock().touch(*key, len);
+        Ok(true)
+    }
+
+    fn make_room(&self, incoming: u64) -> FsResult<bool> {
+        loop {
+            let victims = {
+                let recency = self.recency.lock();
+                let need = tierfs_policy::bytes_to_free(
+                    recency.used,
+                    incoming,
+                    self.budget,
+                    disk_free(&self.dir)?,
+                    self.min_free,
+                );
+                if need == 0 {
+                    return Ok(true);
+                }
+                let oldest = recency.order.iter().map(|((_, k), len)| (*k, *len));
+                tierfs_policy::lru_victims(oldest, need)
+            };
+            if victims.is_empty() {
+                return Ok(false);
+            }
+            for key in &victims {
+                let len = self.index.get(key)?.map(|r| r.len as u64).unwrap_or(0);
+                self.remove(key);
+                self.stats.evicted_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Drops one chunk: its record, its blocks, and the file once it is empty.
+    fn remove(&self, key: &ChunkKey) {
+        self.forget_chunk(key);
+        if let Ok(file) = self.file(key.file, false)
+            && let Err(e) = punch_hole(&file, key.index * self.chunk_size, self.chunk_size)
+        {
+            tracing::debug!("punch hole: {e}");
+        }
+        if self
+            .recency
+            .lock()
+            .tick_of
+            .keys()
+            .all(|k| k.file != key.file)
+        {
+            self.files.lock().remove(&key.file);
+            let _ = std::fs::remove_file(self.path_of(key.file));
+        }
+    }
+
+    fn forget_chunk(&self, key: &ChunkKey) {
+        if let Err(e) = self.index.delete(key) {
+            tracing::warn!("chunk index delete failed: {e}");
+        }
+        self.recency.lock().remove(key);
+    }
+
+    /// Drops every chunk of a file version, as when its object changed in the store.
+    pub fn drop_file(&self, file: FileId) -> FsResult<()> {
+        for (key, _) in self.index.chunks_of(file)? {
+            self.forget_chunk(&key);
+        }
+        self.files.lock().remove(&file);
+        match std::fs::remove_file(self.path_of(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cache file of a version, for tests and tools that inspect the cache.
+    pub fn data_path(&self, file: FileId) -> PathBuf {
+        self.path_of(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tier(dir: &Path, budget: u64) -> NvmeTier {
+        let index = Arc::new(ChunkIndex::open(&dir.join("index")).unwrap());
+        NvmeTier::open(dir, index, 16, budget, 0).unwrap()
+    }
+
+    fn key(f: u128, index: u64) -> ChunkKey {
+        ChunkKey {
+            file: FileId(f),
+            index,
+        }
+    }
+
+    #[test]
+    fn write_read_and_heal() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tier(dir.path(), 1000);
+        let data = b"0123456789abcdef";
+        assert!(t.write(&key(1, 2), data, digest(data)).unwrap());
+        assert_eq!(t.read(&key(1, 2)).unwrap().as_deref(), Some(&data[..]));
+        assert_eq!(t.read(&key(1, 0)).unwrap(), None);
+        // Flip one byte on disk: the read refuses it and forgets the chunk.
+        let f = OpenOptions::new()
+            .write(true)
+            .open(t.data_path(FileId(1)))
+            .unwrap();
+        f.write_all_at(b"X", 2 * 16 + 5).unwrap();
+        assert_eq!(t.read(&key(1, 2)).unwrap(), None);
+        assert_eq!(t.stats.healed.load(Ordering::Relaxed), 1);
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_within_budget_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let t = tier(dir.path(), 48);
+            for i in 0..3 {
+                let d = [i as u8; 16];
+                t.write(&key(7, i), &d, digest(&d)).unwrap();
+            }
+            assert!(t.read(&key(7, 0)).unwrap().is_some()); // 0 is now the newest
+            let d = [9u8; 16];
+            t.write(&key(8, 0), &d, digest(&d)).unwrap();
+            assert_eq!(t.used(), 48);
+            assert!(t.read(&key(7, 1)).unwrap().is_none(), "oldest evicted");
+            assert!(t.read(&key(7, 0)).unwrap().is_some());
+        }
+        let t = tier(dir.path(), 48);
+        assert_eq!(t.used(), 48);
+        assert!(t.read(&key(8, 0)).unwrap().is_some());
+        t.drop_file(FileId(7)).unwrap();
+        assert_eq!(t.used(), 16);
+        assert!(!t.data_path(FileId(7)).exists());
+    }
+}

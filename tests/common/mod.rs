@@ -1,0 +1,298 @@
+//! Shared pieces of the integration tests: a real S3 server (s3s-fs) on 127.0.0.1,
+//! a client for putting test data in through the S3 API, and real FUSE mounts of
+//! the `tierfs` binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+pub const ACCESS_KEY: &str = "tierfs-test-key";
+pub const SECRET_KEY: &str = "tierfs-test-secret";
+pub const BUCKET: &str = "ckpt";
+
+pub fn tierfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tierfs")
+}
+
+/// A tool the test setup installs (`tests/setup.sh`): found on PATH or in the
+/// tools folder the setup fills.
+pub fn tool(name: &str) -> PathBuf {
+    let dirs = std::env::var_os("TIERFS_TOOLS")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tierfs-tools")));
+    for dir in dirs {
+        for candidate in [dir.join("bin").join(name), dir.join("venv/bin").join(name)] {
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    if let Ok(out) = Command::new("which").arg(name).output()
+        && out.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    panic!(
+        "{name} is not installed: run `bash tests/setup.sh` first (the README's test command does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// s3s-fs serving a temporary folder on 127.0.0.1; stopped when dropped.
+pub struct S3Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub data: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join(BUCKET)).unwrap();
+        let mut server = S3Server {
+            child: None,
+            port: free_port(),
+            data,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts the server (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let child = Command::new(tool("s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        wait_for_port(self.port, "s3s-fs");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for putting test data in through the S3 API.
+    pub fn client(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(self.endpoint())
+                .with_allow_http(true)
+                .with_bucket_name(BUCKET)
+                .with_region("us-east-1")
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY)
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where a test keeps its objects: a local directory, or a bucket on s3s-fs.
+pub enum Backend {
+    Local(tempfile::TempDir),
+    S3(S3Server),
+}
+
+impl Backend {
+    pub fn local() -> Backend {
+        Backend::Local(tempfile::tempdir().unwrap())
+    }
+
+    pub fn s3() -> Backend {
+        Backend::S3(S3Server::start())
+    }
+
+    /// The STORE argument and the options it needs.
+    pub fn store_arg(&self) -> (String, Vec<String>) {
+        match self {
+            Backend::Local(dir) => (dir.path().display().to_string(), vec![]),
+            Backend::S3(s) => (
+                format!("s3://{BUCKET}/models"),
+                vec![
+                    format!("endpoint={}", s.endpoint()),
+                    "region=us-east-1".into(),
+                ],
+            ),
+        }
+    }
+
+    pub fn put(&self, key: &str, data: &[u8]) {
+        match self {
+            Backend::Local(dir) => {
+                let path = dir.path().join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, data).unwrap();
+            }
+            Backend::S3(s) => {
+                let client = s.client();
+                let path = ObjectPath::parse(format!("models/{key}")).unwrap();
+                let payload = PutPayload::from(data.to_vec());
+                block_on(async move { client.put(&path, payload).await.unwrap() });
+            }
+        }
+    }
+
+    pub fn s3_server(&mut self) -> &mut S3Server {
+        match self {
+            Backend::S3(s) => s,
+            Backend::Local(_) => panic!("not an S3 backend"),
+        }
+    }
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Random bytes from a seed, so a failure can be reproduced.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// A mount of the `tierfs` binary, unmounted when dropped.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub cache_dir: PathBuf,
+}
+
+pub fn run_tierfs(args: &[&str]) -> Output {
+    Command::new(tierfs_bin())
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("TIERFS_LOG", "info,tierfs=debug")
+        .output()
+        .unwrap()
+}
+
+impl Mount {
+    /// Mounts `backend` with `options` (in addition to the store's own) and a cache
+    /// in `cache_dir`, in the background as a user would.
+    pub fn new(backend: &Backend, cache_dir: &Path, options: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut opts) = backend.store_arg();
+        opts.push(format!("cache_dir={}", cache_dir.display()));
+        opts.extend(options.iter().map(|s| s.to_string()));
+        let opts = opts.join(",");
+        let out = run_tierfs(&["mount", &store, dir.path().to_str().unwrap(), "-o", &opts]);
+        assert!(
+            out.status.success(),
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(cache_dir.join("tierfs.log")).unwrap_or_default()
+        );
+        Mount {
+            dir,
+            cache_dir: cache_dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cache_dir.join("tierfs.log")).unwrap_or_default()
+    }
+
+    pub fn unmount(&self) {
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+        // The daemon exits once the kernel lets go; wait for the mount to vanish.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_mounted(self.dir.path()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(self.dir.path()) {
+            self.unmount();
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// Runs a shell command and returns its stdout, failing the test on a non-zero exit.
+pub fn sh(command: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{command}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,183 @@
+//! The engine without FUSE: lookups, reads through the tiers, shared fetches, the
+//! cache across restarts, ETag changes and bounded failures.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::random_bytes;
+use object_store::local::LocalFileSystem;
+use tierfs::engine::{EngineConfig, EngineCore};
+use tierfs::namespace::ROOT_INO;
+use tierfs::options::MountOptions;
+use tierfs::store::StoreLocation;
+use tierfs_fuse::FileKind;
+
+const CHUNK: u64 = 64 << 10;
+
+fn options(ttl: Duration) -> MountOptions {
+    MountOptions {
+        chunk_size: CHUNK,
+        metadata_ttl: ttl,
+        fetch_timeout: Duration::from_secs(2),
+        fetch_retries: 0,
+        ..MountOptions::default()
+    }
+}
+
+fn core(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> Arc<EngineCore> {
+    EngineCore::start(EngineConfig {
+        store: Arc::new(LocalFileSystem::new_with_prefix(store_dir).unwrap()),
+        store_id: format!("file://{}", store_dir.display()),
+        cache_dir: cache.to_path_buf(),
+        options: options(ttl),
+    })
+    .unwrap()
+}
+
+async fn open_path(core: &EngineCore, path: &str) -> u64 {
+    let mut ino = ROOT_INO;
+    for part in path.split('/') {
+        ino = core
+            .lookup(ino, part)
+            .await
+            .unwrap_or_else(|e| panic!("lookup {part} in {path}: {e}"))
+            .ino;
+    }
+    core.open(ino, false).await.unwrap().fh
+}
+
+async fn wait_for_nvme(core: &EngineCore, bytes: u64) {
+    for _ in 0..500 {
+        if core.reader().nvme().used() >= bytes {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "NVMe tier holds {} bytes, expected {bytes}",
+        core.reader().nvme().used()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_are_byte_exact_across_chunk_edges() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((5 * CHUNK + 3) as usize, 1);
+    std::fs::create_dir_all(store.path().join("m/s")).unwrap();
+    std::fs::write(store.path().join("m/s/w.bin"), &data).unwrap();
+    let core = core(store.path(), cache.path(), Duration::from_secs(60));
+    let dir = core.lookup(ROOT_INO, "m").await.unwrap();
+    assert_eq!(dir.kind, FileKind::Directory);
+    assert!(
+        matches!(core.lookup(ROOT_INO, "missing").await, Err(e) if e.errno().0 == libc::ENOENT)
+    );
+    let fh = open_path(&core, "m/s/w.bin").await;
+    for (offset, len) in [
+        (0, 10),
+        (CHUNK - 5, 10),
+        (0, 5 * CHUNK + 3),
+        (5 * CHUNK, 100),
+        (3, 2 * CHUNK),
+    ] {
+        let got = core.read(fh, offset, len as u32).await.unwrap();
+        let end = ((offset + len) as usize).min(data.len());
+        assert_eq!(
+            &got[..],
+            &data[offset as usize..end],
+            "read at {offset}+{len}"
+        );
+    }
+    assert!(core.read(fh, 10 * CHUNK, 10).await.unwrap().is_empty());
+    assert!(matches!(core.read(fh + 100, 0, 1).await, Err(e) if e.errno().0 == libc::EBADF));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_of_one_chunk_share_one_fetch() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes(CHUNK as usize, 2);
+    std::fs::write(store.path().join("w.bin"), &data).unwrap();
+    let core = core(store.path(), cache.path(), Duration::from_secs(60));
+    let fh = open_path(&core, "w.bin").await;
+    let reads = (0..16).map(|i| core.read(fh, i * 100, 100));
+    for (i, got) in futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(&got.unwrap()[..], &data[i * 100..i * 100 + 100]);
+    }
+    assert_eq!(core.reader().stats.store_fetches.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_survives_a_restart_and_drops_changed_objects() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((3 * CHUNK) as usize, 3);
+    std::fs::write(store.path().join("w.bin"), &data).unwrap();
+    let old_file;
+    {
+        let first = core(store.path(), cache.path(), Duration::from_secs(60));
+        let fh = open_path(&first, "w.bin").await;
+        assert_eq!(
+            &first.read(fh, 0, data.len() as u32).await.unwrap()[..],
+            &data[..]
+        );
+        wait_for_nvme(&first, data.len() as u64).await;
+        old_file = first.handle_version(fh).unwrap().id;
+    }
+    // A restarted engine serves every chunk from NVMe: no fetch reaches the store.
+
+    let second = core(store.path(), cache.path(), Duration::ZERO);
+    let fh = open_path(&second, "w.bin").await;
+    assert_eq!(
+        &second.read(fh, 0, data.len() as u32).await.unwrap()[..],
+        &data[..]
+    );
+    assert_eq!(
+        second.reader().stats.store_fetches.load(Ordering::Relaxed),
+        0
+    );
+    assert!(second.cache_file(old_file).exists());
+
+    // The object changes in the store: the next open binds the new version and
+    // the old version's cache file is gone.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let new = random_bytes((CHUNK + 1) as usize, 4);
+    std::fs::write(store.path().join("w.bin"), &new).unwrap();
+    let fh = open_path(&second, "w.bin").await;
+    assert_eq!(
+        &second.read(fh, 0, new.len() as u32).await.unwrap()[..],
+        &new[..]
+    );
+    assert!(!second.cache_file(old_file).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_with_eio_instead_of_hanging() {
+    let cache = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut opts = options(Duration::from_secs(60));
+    opts.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    opts.fetch_timeout = Duration::from_secs(1);
+    let location = StoreLocation::parse("s3://ckpt/p").unwrap();
+    let store = location.build(&opts, 1, opts.fetch_timeout).unwrap();
+    let core = EngineCore::start(EngineConfig {
+        store,
+        store_id: location.identity(&opts),
+        cache_dir: cache.path().to_path_buf(),
+        options: opts,
+    })
+    .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(60), core.lookup(ROOT_INO, "x"))
+        .await
+        .expect("the lookup hung");
+    assert_eq!(result.unwrap_err().errno().0, libc::EIO);
+}

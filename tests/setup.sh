@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need, once, into $TIERFS_TOOLS
+# (default ~/.cache/tierfs-tools): the s3s-fs S3 server and a Python venv with
+# safetensors and numpy. System packages (fuse3) come from .ci/run or your
+# package manager.
+set -euo pipefail
+tools="${TIERFS_TOOLS:-$HOME/.cache/tierfs-tools}"
+mkdir -p "$tools/bin"
+
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+    echo "setup: installing s3s-fs 0.17.0 into $tools"
+    CARGO_TARGET_DIR="$tools/s3s-build" cargo install s3s-fs --version 0.17.0 \
+        --features binary --locked --ignore-rust-version --root "$tools" --quiet
+    rm -rf "$tools/s3s-build"
+fi
+
+if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
+    echo "setup: creating the Python venv in $tools/venv"
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet 'safetensors==0.8.0' 'numpy>=1.26,<3'
+fi
+
+command -v fusermount3 >/dev/null || echo "setup: warning: fusermount3 not found; install fuse3" >&2
+echo "setup: tools ready in $tools"

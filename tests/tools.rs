@@ -1,0 +1,175 @@
+//! Tools users run on a mount: the Python safetensors loader (both `load_file` and
+//! the mmap-based `safe_open`), and ls/stat/find over a tree of thousands of objects.
+
+mod common;
+
+use common::*;
+
+fn python() -> std::path::PathBuf {
+    tool("python")
+}
+
+fn safetensors_round_trip(backend: Backend, scratch: &std::path::Path) {
+    // The file is written by the safetensors package itself, then put in the store.
+    let src = scratch.join("model.safetensors");
+    let script = format!(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(5)
+tensors = {{f"layer{{i}}.weight": rng.standard_normal((256, 512 + i), dtype=np.float32) for i in range(24)}}
+tensors["embed"] = rng.integers(0, 1000, size=(3000, 77), dtype=np.int64)
+save_file(tensors, "{}", metadata={{"step": "100"}})
+"#,
+        src.display()
+    );
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    backend.put(
+        "model/step-100/model.safetensors",
+        &std::fs::read(&src).unwrap(),
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let through = mount.path("model/step-100/model.safetensors");
+    let check = format!(
+        r#"
+import numpy as np
+from safetensors.numpy import load_file
+from safetensors import safe_open
+want = load_file("{src}")
+got = load_file("{through}")
+assert want.keys() == got.keys(), (want.keys(), got.keys())
+for k in want:
+    assert np.array_equal(want[k], got[k]), k
+with safe_open("{through}", framework="numpy") as f:
+    assert f.metadata() == {{"step": "100"}}, f.metadata()
+    assert set(f.keys()) == set(want.keys())
+    for k in f.keys():
+        assert np.array_equal(f.get_tensor(k), want[k]), k
+print("ok", len(want))
+"#,
+        src = src.display(),
+        through = through.display()
+    );
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(&check)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 25");
+}
+
+#[test]
+fn local_safetensors_load_file_and_safe_open() {
+    let scratch = tempfile::tempdir().unwrap();
+    safetensors_round_trip(Backend::local(), scratch.path());
+}
+
+#[test]
+fn s3_safetensors_load_file_and_safe_open() {
+    let scratch = tempfile::tempdir().unwrap();
+    safetensors_round_trip(Backend::s3(), scratch.path());
+}
+
+/// Lists the tree with ls -lR, stat and find and checks every object is there
+/// with its size.
+fn check_tree(mount: &Mount, expected: &[(String, usize)]) {
+    let root = mount.dir.path().display().to_string();
+    let found = sh(&format!(
+        "cd {root} && find . -type f -printf '%P %s\\n' | sort"
+    ));
+    let mut want: Vec<String> = expected
+        .iter()
+        .map(|(k, len)| format!("{k} {len}"))
+        .collect();
+    want.sort();
+    assert_eq!(found.lines().collect::<Vec<_>>(), want);
+    let ls = sh(&format!("ls -lR {root}"));
+    let files_listed = ls.lines().filter(|l| l.starts_with('-')).count();
+    assert_eq!(files_listed, expected.len());
+    let (key, len) = &expected[expected.len() / 2];
+    let size = sh(&format!("stat -c %s {root}/{key}"));
+    assert_eq!(size.trim(), len.to_string());
+    let dirs = sh(&format!("find {root} -type d | wc -l"));
+    assert!(dirs.trim().parse::<usize>().unwrap() > 1);
+}
+
+#[test]
+fn local_tree_of_ten_thousand_objects_in_one_directory() {
+    let backend = Backend::local();
+    let Backend::Local(dir) = &backend else {
+        unreachable!()
+    };
+    let mut expected = Vec::new();
+    std::fs::create_dir_all(dir.path().join("big")).unwrap();
+    for i in 0..10_000 {
+        let key = format!("big/shard-{i:05}.bin");
+        std::fs::write(dir.path().join(&key), vec![b'x'; i % 7]).unwrap();
+        expected.push((key, i % 7));
+    }
+    for d in 0..20 {
+        for f in 0..10 {
+            let key = format!("nested/d{d}/sub/f{f}.pt");
+            backend.put(&key, &vec![1u8; d + f]);
+            expected.push((key, d + f));
+        }
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &[]);
+    check_tree(&mount, &expected);
+}
+
+#[test]
+fn s3_tree_of_thousands_of_objects() {
+    let backend = Backend::s3();
+    let client = backend_client(&backend);
+    let mut expected = Vec::new();
+    // More than one listing page (1,000 keys) in one directory, plus a deep tree.
+    for i in 0..1_500 {
+        expected.push((format!("flat/part-{i:04}"), i % 5));
+    }
+    for d in 0..30 {
+        for f in 0..20 {
+            expected.push((format!("tree/d{d:02}/s/f{f}.bin"), (d + f) % 9));
+        }
+    }
+    block_on(async {
+        use futures::StreamExt;
+        use object_store::ObjectStoreExt;
+        futures::stream::iter(expected.iter())
+            .for_each_concurrent(32, |(key, len)| {
+                let client = client.clone();
+                async move {
+                    let path = object_store::path::Path::parse(format!("models/{key}")).unwrap();
+                    client.put(&path, vec![7u8; *len].into()).await.unwrap();
+                }
+            })
+            .await;
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &[]);
+    check_tree(&mount, &expected);
+}
+
+fn backend_client(backend: &Backend) -> std::sync::Arc<dyn object_store::ObjectStore> {
+    match backend {
+        Backend::S3(s) => s.client(),
+        Backend::Local(_) => unreachable!(),
+    }
+}
