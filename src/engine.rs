@@ -136,11 +136,19 @@ impl EngineCore {
         } else {
             Some(Path::parse(&dir.path).map_err(|e| FsError::Store(e.to_string()))?)
         };
-        let listing = self
-            .store
-            .list_with_delimiter(prefix.as_ref())
-            .await
-            .map_err(FsError::from_store)?;
+        let listing = match self.store.list_with_delimiter(prefix.as_ref()).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::InvalidPath { source }) => {
+                // The store client refuses the whole listing when one key has an
+                // empty, '.' or '..' segment; the directory cannot be shown.
+                let why = format!(
+                    "the directory holds a key that cannot be a path ({source}); it cannot be listed"
+                );
+                self.ns.warn_once(&dir.path, &why);
+                return Err(FsError::Unlistable(why));
+            }
+            Err(e) => return Err(FsError::from_store(e)),
+        };
         Ok(self.ns.install_listing(dir.ino, listing))
     }
 
@@ -303,7 +311,9 @@ impl Engine {
 fn answer<T>(reply: Reply<T>, result: FsResult<T>) {
     if let Err(e) = &result {
         match e {
-            FsError::NotFound | FsError::NoAttribute => tracing::debug!("{e}"),
+            FsError::NotFound | FsError::NoAttribute | FsError::Unlistable(_) => {
+                tracing::debug!("{e}")
+            }
             _ => tracing::warn!("{e}"),
         }
     }

@@ -23,6 +23,9 @@ pub enum FsError {
     Timeout(std::time::Duration),
     #[error("local cache: {0}")]
     Cache(String),
+    /// A directory whose listing the store client refuses; logged once where found.
+    #[error("directory cannot be listed: {0}")]
+    Unlistable(String),
     #[error("read-only file system")]
     ReadOnly,
     #[error("no such attribute")]
@@ -38,7 +41,10 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Stale(_) => libc::ESTALE,
-            FsError::Store(_) | FsError::Timeout(_) | FsError::Cache(_) => libc::EIO,
+            FsError::Store(_)
+            | FsError::Timeout(_)
+            | FsError::Cache(_)
+            | FsError::Unlistable(_) => libc::EIO,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttribute => libc::ENODATA,
         })

@@ -223,6 +223,11 @@ impl Namespace {
         Some(node.clone())
     }
 
+    /// Logs a key that cannot be shown, once per key for the life of the mount.
+    pub fn warn_once(&self, key: &str, why: &str) {
+        self.tables.lock().warn_once(key, why);
+    }
+
     /// Forgets the listing of a directory, so the next lookup asks the store.
     pub fn invalidate(&self, dir: u64) {
         self.tables.lock().listings.remove(&dir);

@@ -191,7 +191,21 @@ impl StoreLocation {
             StoreLocation::Azure { container, .. } => container.clone(),
         };
         let lower = text.to_lowercase();
-        let message = if lower.contains("nosuchbucket")
+        let message = if lower.contains("169.254.169.254")
+            || lower.contains("token request")
+            || lower.contains("credential")
+        {
+            let hint = match self {
+                StoreLocation::S3 { .. } => {
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+                }
+                StoreLocation::Gcs { .. } => {
+                    "set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT"
+                }
+                _ => "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+            };
+            format!("no credentials for '{name}' at {endpoint}: {hint}")
+        } else if lower.contains("nosuchbucket")
             || lower.contains("bucket does not exist")
             || lower.contains("containernotfound")
         {

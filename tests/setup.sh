@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need, once, into $TIERFS_TOOLS
-# (default ~/.cache/tierfs-tools): the s3s-fs S3 server and a Python venv with
-# safetensors and numpy. System packages (fuse3) come from .ci/run or your
-# package manager.
+# (default ~/.cache/tierfs-tools): the s3s-fs S3 server, and a Python venv with
+# safetensors, numpy and the moto S3 server (for keys s3s-fs cannot hold).
+# System packages (fuse3) come from .ci/run or your package manager.
 set -euo pipefail
 tools="${TIERFS_TOOLS:-$HOME/.cache/tierfs-tools}"
 mkdir -p "$tools/bin"
@@ -14,10 +14,10 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
     rm -rf "$tools/s3s-build"
 fi
 
-if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import safetensors, numpy' 2>/dev/null; then
+if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import safetensors, numpy, moto, boto3' 2>/dev/null; then
     echo "setup: creating the Python venv in $tools/venv"
     python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install --quiet 'safetensors==0.8.0' 'numpy>=1.26,<3'
+    "$tools/venv/bin/pip" install --quiet 'safetensors==0.8.0' 'numpy>=1.26,<3' 'moto[server]==5.2.5'
 fi
 
 command -v fusermount3 >/dev/null || echo "setup: warning: fusermount3 not found; install fuse3" >&2

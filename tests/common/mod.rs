@@ -296,3 +296,58 @@ pub fn sh(command: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The moto S3 server on 127.0.0.1, for keys that s3s-fs cannot hold (a key that is
+/// also a prefix, empty or dot segments); stopped when dropped.
+pub struct MotoServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl MotoServer {
+    pub fn start() -> MotoServer {
+        let port = free_port();
+        let child = Command::new(tool("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        wait_for_port(port, "moto_server");
+        MotoServer { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Puts raw keys with boto3, which sends them as they are.
+    pub fn put_raw(&self, bucket: &str, keys: &[(&str, usize)]) {
+        let list: Vec<String> = keys.iter().map(|(k, n)| format!("({k:?}, {n})")).collect();
+        let script = format!(
+            "import boto3\n\
+             s3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='{ACCESS_KEY}', aws_secret_access_key='{SECRET_KEY}')\n\
+             s3.create_bucket(Bucket='{bucket}')\n\
+             for key, n in [{}]:\n    s3.put_object(Bucket='{bucket}', Key=key, Body=b'k' * n)\n",
+            self.endpoint(),
+            list.join(", ")
+        );
+        let out = Command::new(tool("python"))
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
