@@ -162,3 +162,37 @@ fn secrets_stay_out_of_the_log() {
     assert!(log.contains("mounted"), "{log}");
     assert!(!log.contains(SECRET_KEY));
 }
+
+#[test]
+fn foreground_mount_stays_attached_and_unmounts_on_sigterm() {
+    let d = dirs();
+    std::fs::write(d.store.path().join("a.bin"), b"hello").unwrap();
+    let cache = format!("cache_dir={}", p(&d.cache));
+    let mut child = std::process::Command::new(tierfs_bin())
+        .args([
+            "mount",
+            p(&d.store),
+            p(&d.mnt),
+            "-o",
+            &cache,
+            "--foreground",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !is_mounted(d.mnt.path()) {
+        assert!(std::time::Instant::now() < deadline, "never mounted");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before mounting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(d.mnt.path().join("a.bin")).unwrap(), b"hello");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(d.mnt.path()));
+}

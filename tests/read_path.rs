@@ -121,9 +121,22 @@ fn s3_second_mount_serves_cached_chunks_with_the_server_stopped() {
     for (key, data) in &files {
         backend.put(key, data);
     }
+    backend.put("run/never-read.bin", &random_bytes(CHUNK, 9));
+    // Both mounts talk to the store through a proxy that counts object GETs.
+    let proxy = CountingProxy::start(
+        backend.s3_server().port,
+        &format!("GET /{BUCKET}/models/run/"),
+    );
+    let endpoint = format!("endpoint=http://127.0.0.1:{}", proxy.port);
+    let opts = [
+        "chunk_size=1M",
+        "fetch_timeout=2s",
+        "fetch_retries=1",
+        endpoint.as_str(),
+    ];
     let cache = tempfile::tempdir().unwrap();
     {
-        let first = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+        let first = Mount::new(&backend, cache.path(), &opts);
         for (key, data) in &files {
             assert!(std::fs::read(first.path(key)).unwrap() == *data);
         }
@@ -133,14 +146,24 @@ fn s3_second_mount_serves_cached_chunks_with_the_server_stopped() {
         });
         first.unmount();
     }
-    let second = Mount::new(
-        &backend,
-        cache.path(),
-        &["chunk_size=1M", "fetch_timeout=2s", "fetch_retries=0"],
+    let fetched_by_first = proxy.count();
+    assert!(
+        fetched_by_first >= files.len(),
+        "the proxy saw no object GET"
     );
+    let second = Mount::new(&backend, cache.path(), &opts);
     for (key, _) in &files {
         std::fs::metadata(second.path(key)).unwrap();
     }
+    for (key, data) in &files {
+        assert!(std::fs::read(second.path(key)).unwrap() == *data);
+    }
+    assert_eq!(
+        proxy.count(),
+        fetched_by_first,
+        "cached chunks were fetched from the store"
+    );
+    std::fs::metadata(second.path("run/never-read.bin")).unwrap();
     backend.s3_server().stop();
     for (key, data) in &files {
         assert!(
@@ -148,6 +171,9 @@ fn s3_second_mount_serves_cached_chunks_with_the_server_stopped() {
             "{key} not served from the cache"
         );
     }
+    // A chunk only the store has fails with EIO once the fetch timeout passes.
+    let err = std::fs::read(second.path("run/never-read.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
 }
 
 /// Bytes held in the NVMe tier's cache files.
@@ -248,4 +274,72 @@ fn local_replaced_object_reads_back_new() {
 #[test]
 fn s3_replaced_object_reads_back_new() {
     replaced_object_reads_back_new(Backend::s3());
+}
+
+/// The mount's own options in /proc/self/mountinfo: per-mount flags and super options.
+fn mount_flags(path: &std::path::Path) -> String {
+    let p = path.display().to_string();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(p.as_str()))
+        .expect("mounted");
+    line.to_string()
+}
+
+#[test]
+fn ro_and_allow_other_are_honoured_and_changes_are_refused() {
+    let backend = Backend::local();
+    backend.put("m/a.bin", b"abc");
+    let cache = tempfile::tempdir().unwrap();
+    let ro = Mount::new(&backend, cache.path(), &["ro", "allow_other"]);
+    let flags = mount_flags(ro.dir.path());
+    assert!(
+        flags
+            .split(' ')
+            .nth(5)
+            .unwrap()
+            .split(',')
+            .any(|f| f == "ro"),
+        "{flags}"
+    );
+    assert!(flags.contains("allow_other"), "{flags}");
+    let err = std::fs::write(ro.path("m/new.bin"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    ro.unmount();
+
+    let rw = Mount::new(&backend, cache.path(), &[]);
+    let flags = mount_flags(rw.dir.path());
+    assert!(!flags.contains("allow_other"), "{flags}");
+    // Without a write path, changes are refused as on a read-only file system.
+    for result in [
+        std::fs::write(rw.path("m/new.bin"), b"x").map(|_| ()),
+        std::fs::create_dir(rw.path("m/d")),
+        std::fs::remove_file(rw.path("m/a.bin")),
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(rw.path("m/a.bin"))
+            .map(|_| ()),
+    ] {
+        assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    }
+    let missing = std::fs::metadata(rw.path("m/nope")).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(std::fs::read(rw.path("m/a.bin")).unwrap(), b"abc");
+    // statfs answers, and there are no extended attributes yet.
+    let df = sh(&format!(
+        "stat -f -c '%b %S %l' {}",
+        rw.dir.path().display()
+    ));
+    assert_eq!(df.split_whitespace().nth(2), Some("255"), "{df}");
+    let attrs = sh(&format!(
+        "getfattr -d -m - {} 2>&1 || true",
+        rw.path("m/a.bin").display()
+    ));
+    assert!(attrs.trim().is_empty(), "{attrs}");
+    let one = sh(&format!(
+        "getfattr -n user.tierfs.tier {} 2>&1 || true",
+        rw.path("m/a.bin").display()
+    ));
+    assert!(one.contains("No such attribute"), "{one}");
 }
