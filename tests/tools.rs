@@ -5,10 +5,6 @@ mod common;
 
 use common::*;
 
-fn python() -> std::path::PathBuf {
-    tool("python")
-}
-
 fn safetensors_round_trip(backend: Backend, scratch: &std::path::Path) {
     // The file is written by the safetensors package itself, then put in the store.
     let src = scratch.join("model.safetensors");
@@ -23,16 +19,7 @@ save_file(tensors, "{}", metadata={{"step": "100"}})
 "#,
         src.display()
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python(&script, "");
     backend.put(
         "model/step-100/model.safetensors",
         &std::fs::read(&src).unwrap(),
@@ -61,18 +48,8 @@ print("ok", len(want))
         src = src.display(),
         through = through.display()
     );
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(&check)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        mount.log()
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 25");
+    let out = run_python(&check, &mount.log());
+    assert_eq!(out.trim(), "ok 25");
 }
 
 #[test]

@@ -332,16 +332,7 @@ impl MotoServer {
             self.endpoint(),
             list.join(", ")
         );
-        let out = Command::new(tool("python"))
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python(&script, "");
     }
 }
 
@@ -407,4 +398,20 @@ impl CountingProxy {
     pub fn count(&self) -> usize {
         self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
+}
+
+/// Runs a Python script in the test venv and returns its stdout; on failure the
+/// test fails with the script's stderr and `context` (a log, say).
+pub fn run_python(script: &str, context: &str) -> String {
+    let out = Command::new(tool("python"))
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{context}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
