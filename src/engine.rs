@@ -22,6 +22,20 @@ use crate::namespace::{Namespace, Node};
 use crate::nvme_tier::NvmeTier;
 use crate::options::MountOptions;
 use crate::tiered_reader::{FileVersion, TieredReader};
+use tierfs_policy::{ReadaheadState, plan_readahead};
+
+/// An open file: the version it reads and how its reader moves through it.
+struct OpenFile {
+    version: Arc<FileVersion>,
+    readahead: Mutex<ReadaheadState>,
+}
+
+/// Counters of the engine itself.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Seeks that closed a readahead window.
+    pub readahead_resets: AtomicU64,
+}
 
 /// Everything the engine needs to start.
 pub struct EngineConfig {
@@ -41,11 +55,12 @@ pub struct EngineCore {
     ns: Namespace,
     index: Arc<ChunkIndex>,
     reader: Arc<TieredReader>,
-    files: Mutex<HashMap<u64, Arc<FileVersion>>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
+    pub stats: EngineStats,
 }
 
 impl EngineCore {
@@ -65,13 +80,7 @@ impl EngineCore {
             options.cache_size,
             options.cache_min_free,
         )?);
-        let reader = TieredReader::new(
-            store.clone(),
-            nvme,
-            options.ram_size,
-            options.chunk_size,
-            options.fetch_timeout,
-        );
+        let reader = TieredReader::new(store.clone(), nvme, &options);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(Arc::new(EngineCore {
@@ -87,6 +96,7 @@ impl EngineCore {
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            stats: EngineStats::default(),
         }))
     }
 
@@ -217,7 +227,11 @@ impl EngineCore {
         let version = self.version_of(&node)?;
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, version);
+        let open = OpenFile {
+            version,
+            readahead: Mutex::new(ReadaheadState::default()),
+        };
+        self.files.lock().insert(fh, Arc::new(open));
         Ok(Opened { fh, keep_cache })
     }
 
@@ -244,13 +258,36 @@ impl EngineCore {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let file = self
+        let open = self
             .files
             .lock()
             .get(&fh)
             .cloned()
             .ok_or(FsError::BadHandle(fh))?;
-        self.reader.read(&file, offset, size as u64).await
+        let file = &open.version;
+        let chunk_size = self.options.chunk_size;
+        let end = (offset + size as u64).min(file.size);
+        if self.options.prefetch_max > 0 && end > offset {
+            let plan = {
+                let mut state = open.readahead.lock();
+                let plan = plan_readahead(
+                    *state,
+                    offset / chunk_size,
+                    (end - 1) / chunk_size,
+                    file.size.div_ceil(chunk_size),
+                    self.options.prefetch_max as u64,
+                );
+                *state = plan.state;
+                plan
+            };
+            if plan.reset {
+                self.stats.readahead_resets.fetch_add(1, Ordering::Relaxed);
+            }
+            for index in plan.prefetch {
+                self.reader.prefetch(file, index);
+            }
+        }
+        self.reader.read(file, offset, size as u64).await
     }
 
     pub fn release(&self, fh: u64) {
@@ -273,7 +310,7 @@ impl EngineCore {
 
     /// The file version an open handle reads, for tests and tools.
     pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
-        self.files.lock().get(&fh).cloned()
+        self.files.lock().get(&fh).map(|open| open.version.clone())
     }
 
     pub fn cache_file(&self, id: FileId) -> PathBuf {

@@ -29,6 +29,10 @@ pub struct MountOptions {
     pub metadata_ttl: Duration,
     pub fetch_timeout: Duration,
     pub fetch_retries: u32,
+    /// Most chunks fetched ahead of one sequential reader.
+    pub prefetch_max: u32,
+    /// Most ranged GETs in flight at once, demand and readahead together.
+    pub fetch_concurrency: u32,
     pub fuse_threads: usize,
     pub read_only: bool,
     pub allow_other: bool,
@@ -49,6 +53,8 @@ impl Default for MountOptions {
             metadata_ttl: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(30),
             fetch_retries: 3,
+            prefetch_max: 16,
+            fetch_concurrency: 16,
             fuse_threads: 8,
             read_only: false,
             allow_other: false,
@@ -191,6 +197,14 @@ impl MountOptions {
                 self.fetch_timeout = d;
             }
             "fetch_retries" => self.fetch_retries = number(v)?,
+            "prefetch_max" => self.prefetch_max = number(v)?,
+            "fetch_concurrency" => {
+                let n = number(v)?;
+                if !(1..=1024).contains(&n) {
+                    return Err(invalid(name, format!("'{v}' must be between 1 and 1024")));
+                }
+                self.fetch_concurrency = n;
+            }
             "fuse_threads" => {
                 let n = number(v)?;
                 if !(1..=256).contains(&n) {
@@ -225,6 +239,8 @@ impl MountOptions {
             format!("metadata_ttl={}", format_duration(self.metadata_ttl)),
             format!("fetch_timeout={}", format_duration(self.fetch_timeout)),
             format!("fetch_retries={}", self.fetch_retries),
+            format!("prefetch_max={}", self.prefetch_max),
+            format!("fetch_concurrency={}", self.fetch_concurrency),
             format!("fuse_threads={}", self.fuse_threads),
         ];
         if let Some(dir) = &self.cache_dir {
@@ -293,6 +309,8 @@ mod tests {
                 "must be a URL starting with http://",
             ),
             ("fuse_threads=0", "must be between 1 and 256"),
+            ("fetch_concurrency=0", "must be between 1 and 1024"),
+            ("prefetch_max=-3", "'-3' is not a whole number"),
         ];
         for (input, expected) in cases {
             let err = parse(input).unwrap_err().to_string();
@@ -343,6 +361,7 @@ mod tests {
         (
             (0u64..1 << 45, 0u64..1 << 40, 0u64..1 << 40, 16u64..=262_144),
             (0u64..100_000, 1u64..100_000, 0u32..50, 1usize..=256),
+            (0u32..1000, 1u32..=1024),
             (
                 any::<bool>(),
                 any::<bool>(),
@@ -353,7 +372,7 @@ mod tests {
             proptest::option::of("[a-z]{2}-[a-z]{4,9}-[1-3]"),
         )
             .prop_map(
-                |(sizes, times, flags, dir, endpoint, region)| MountOptions {
+                |(sizes, times, fetch, flags, dir, endpoint, region)| MountOptions {
                     cache_dir: dir.map(|d| PathBuf::from(format!("/{d}"))),
                     cache_size: sizes.0,
                     cache_min_free: sizes.1,
@@ -363,6 +382,8 @@ mod tests {
                     fetch_timeout: Duration::from_millis(times.1),
                     fetch_retries: times.2,
                     fuse_threads: times.3,
+                    prefetch_max: fetch.0,
+                    fetch_concurrency: fetch.1,
                     read_only: flags.0,
                     allow_other: flags.1,
                     uid: flags.2,

@@ -10,14 +10,17 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use moka::policy::EvictionPolicy;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::error::{FsError, FsResult};
 use crate::nvme_tier::{NvmeTier, digest};
+use crate::options::MountOptions;
 
 /// One version of one object, as reads see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +38,32 @@ pub struct ReadStats {
     pub store_fetches: AtomicU64,
     pub store_bytes: AtomicU64,
     pub shared_fetches: AtomicU64,
+    pub prefetched: AtomicU64,
+    /// Readahead skipped because the memory budget was spent.
+    pub prefetch_skipped: AtomicU64,
 }
 
 type ChunkFuture = Shared<BoxFuture<'static, FsResult<Bytes>>>;
+
+/// Sizes of the RAM tier and of the memory for chunks in flight; together they
+/// never exceed `ram_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    pub ram_tier: u64,
+    pub in_flight: u64,
+}
+
+impl MemoryBudget {
+    /// Chunks being fetched, read from NVMe or written to it get up to half of
+    /// `ram_size`, at most `fetch_concurrency` chunks; the RAM tier gets the rest.
+    pub fn split(ram_size: u64, chunk_size: u64, fetch_concurrency: u32) -> MemoryBudget {
+        let in_flight = (chunk_size * fetch_concurrency as u64).min(ram_size / 2);
+        MemoryBudget {
+            ram_tier: ram_size - in_flight,
+            in_flight,
+        }
+    }
+}
 
 pub struct TieredReader {
     store: Arc<dyn ObjectStore>,
@@ -46,6 +72,11 @@ pub struct TieredReader {
     chunk_size: u64,
     fetch_timeout: Duration,
     inflight: Mutex<HashMap<ChunkKey, ChunkFuture>>,
+    /// Bytes of chunks in flight (fetching, or on their way to NVMe).
+    memory: Arc<Semaphore>,
+    memory_total: u64,
+    /// Ranged GETs in flight.
+    fetches: Arc<Semaphore>,
     pub stats: ReadStats,
 }
 
@@ -53,21 +84,30 @@ impl TieredReader {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         nvme: Arc<NvmeTier>,
-        ram_size: u64,
-        chunk_size: u64,
-        fetch_timeout: Duration,
+        options: &MountOptions,
     ) -> Arc<TieredReader> {
+        let budget = MemoryBudget::split(
+            options.ram_size,
+            options.chunk_size,
+            options.fetch_concurrency,
+        );
+        // LRU rather than moka's frequency-based admission: a chunk fetched ahead
+        // of a reader has never been read, and must not be turned away for that.
         let ram = moka::sync::Cache::builder()
-            .max_capacity(ram_size)
+            .max_capacity(budget.ram_tier)
+            .eviction_policy(EvictionPolicy::lru())
             .weigher(|_k: &ChunkKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
             .build();
         Arc::new(TieredReader {
             store,
             ram,
             nvme,
-            chunk_size,
-            fetch_timeout,
+            chunk_size: options.chunk_size,
+            fetch_timeout: options.fetch_timeout,
             inflight: Mutex::new(HashMap::new()),
+            memory: Arc::new(Semaphore::new(budget.in_flight as usize)),
+            memory_total: budget.in_flight,
+            fetches: Arc::new(Semaphore::new(options.fetch_concurrency as usize)),
             stats: ReadStats::default(),
         })
     }
@@ -76,10 +116,28 @@ impl TieredReader {
         &self.nvme
     }
 
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
     /// Bytes held by the RAM tier.
     pub fn ram_used(&self) -> u64 {
         self.ram.run_pending_tasks();
         self.ram.weighted_size()
+    }
+
+    /// Bytes of the in-flight budget in use now.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.memory_total - self.memory.available_permits() as u64
+    }
+
+    /// Permits for a chunk of `len` bytes; a chunk larger than the whole budget
+    /// takes all of it.
+    fn permits_for(&self, len: u64) -> u32 {
+        len.min(self.memory_total)
+            .max(1)
+            .try_into()
+            .unwrap_or(u32::MAX)
     }
 
     /// Reads `[offset, offset + len)` of a file, clipped to its size.
@@ -91,12 +149,8 @@ impl TieredReader {
     ) -> FsResult<Bytes> {
         let layout = ChunkLayout::new(self.chunk_size, file.size);
         let slices = layout.slices(offset, len);
-        let chunks = futures::future::try_join_all(
-            slices
-                .iter()
-                .map(|s| self.chunk(file, s.index, layout.chunk_len(s.index))),
-        )
-        .await?;
+        let chunks =
+            futures::future::try_join_all(slices.iter().map(|s| self.chunk(file, s.index))).await?;
         if let ([slice], [chunk]) = (&slices[..], &chunks[..]) {
             return Ok(chunk.slice(slice.start..slice.start + slice.len));
         }
@@ -107,13 +161,8 @@ impl TieredReader {
         Ok(out.freeze())
     }
 
-    /// One whole chunk from the nearest tier that has it.
-    pub async fn chunk(
-        self: &Arc<Self>,
-        file: &Arc<FileVersion>,
-        index: u64,
-        len: u64,
-    ) -> FsResult<Bytes> {
+    /// One whole chunk from the nearest tier that has it, waiting for memory.
+    pub async fn chunk(self: &Arc<Self>, file: &Arc<FileVersion>, index: u64) -> FsResult<Bytes> {
         let key = ChunkKey {
             file: file.id,
             index,
@@ -122,29 +171,70 @@ impl TieredReader {
             self.stats.ram_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
-        let shared = {
-            let mut inflight = self.inflight.lock();
-            if let Some(existing) = inflight.get(&key) {
-                self.stats.shared_fetches.fetch_add(1, Ordering::Relaxed);
-                existing.clone()
-            } else {
-                let this = self.clone();
-                let file = file.clone();
-                let fut = async move {
-                    let result = this.load(&file, key, len).await;
-                    this.inflight.lock().remove(&key);
-                    result
-                }
-                .boxed()
-                .shared();
-                inflight.insert(key, fut.clone());
-                fut
-            }
+        self.start_load(file, key, None).await
+    }
+
+    /// Starts loading a chunk ahead of a reader, unless it is in RAM, already on
+    /// its way, or the memory budget is spent: readahead shrinks rather than
+    /// allocating past `ram_size`.
+    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileVersion>, index: u64) {
+        let key = ChunkKey {
+            file: file.id,
+            index,
         };
-        // Run the shared fetch on the runtime so that it finishes, and the NVMe
-        // copy gets written, even if this reader gives up on it.
-        tokio::spawn(shared.clone());
-        shared.await
+        if self.ram.contains_key(&key) || self.inflight.lock().contains_key(&key) {
+            return;
+        }
+        let len = ChunkLayout::new(self.chunk_size, file.size).chunk_len(index);
+        let Ok(permit) = self
+            .memory
+            .clone()
+            .try_acquire_many_owned(self.permits_for(len))
+        else {
+            self.stats.prefetch_skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
+        // The load runs on the runtime; nobody waits for it here.
+        drop(self.start_load(file, key, Some(permit)));
+    }
+
+    /// Joins the load of `key` in flight, or starts one. The load runs on the
+    /// runtime, so it finishes, and the NVMe copy gets written, even if every
+    /// reader gives up on it.
+    fn start_load(
+        self: &Arc<Self>,
+        file: &Arc<FileVersion>,
+        key: ChunkKey,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> ChunkFuture {
+        let mut inflight = self.inflight.lock();
+        if let Some(existing) = inflight.get(&key) {
+            self.stats.shared_fetches.fetch_add(1, Ordering::Relaxed);
+            return existing.clone();
+        }
+        let this = self.clone();
+        let file = file.clone();
+        let fut = async move {
+            let len = ChunkLayout::new(this.chunk_size, file.size).chunk_len(key.index);
+            let permit = match permit {
+                Some(p) => p,
+                None => this
+                    .memory
+                    .clone()
+                    .acquire_many_owned(this.permits_for(len))
+                    .await
+                    .map_err(|e| FsError::Cache(e.to_string()))?,
+            };
+            let result = this.load(&file, key, len, permit).await;
+            this.inflight.lock().remove(&key);
+            result
+        }
+        .boxed()
+        .shared();
+        inflight.insert(key, fut.clone());
+        tokio::spawn(fut.clone());
+        fut
     }
 
     async fn load(
@@ -152,6 +242,7 @@ impl TieredReader {
         file: &FileVersion,
         key: ChunkKey,
         len: u64,
+        permit: OwnedSemaphorePermit,
     ) -> FsResult<Bytes> {
         let nvme = self.nvme.clone();
         let cached = tokio::task::spawn_blocking(move || nvme.read(&key))
@@ -174,6 +265,8 @@ impl TieredReader {
             if let Err(e) = nvme.write(&key, &copy, digest(&copy)) {
                 tracing::warn!("could not keep chunk on NVMe: {e}");
             }
+            // The chunk's memory counts as in flight until it is on disk.
+            drop(permit);
         });
         Ok(bytes)
     }
@@ -186,6 +279,7 @@ impl TieredReader {
             ..GetOptions::default()
         };
         let get = async {
+            let _slot = self.fetches.acquire().await;
             let result = self.store.get_opts(&file.path, options).await?;
             result.bytes().await
         };
@@ -204,11 +298,19 @@ impl TieredReader {
         self.stats.store_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(bytes)
     }
+}
 
-    /// Forgets every RAM chunk of a file version.
-    pub fn drop_from_ram(&self, file: FileId, chunks: u64) {
-        for index in 0..chunks {
-            self.ram.invalidate(&ChunkKey { file, index });
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_budget_never_exceeds_ram_size(ram in 0u64..1 << 40, chunk in 1u64..1 << 30, n in 1u32..1024) {
+            let b = MemoryBudget::split(ram, chunk, n);
+            prop_assert_eq!(b.ram_tier + b.in_flight, ram);
+            prop_assert!(b.in_flight <= chunk * n as u64);
         }
     }
 }

@@ -181,3 +181,87 @@ async fn an_unreachable_store_fails_with_eio_instead_of_hanging() {
         .expect("the lookup hung");
     assert_eq!(result.unwrap_err().errno().0, libc::EIO);
 }
+
+fn core_with(
+    store_dir: &std::path::Path,
+    cache: &std::path::Path,
+    tune: impl FnOnce(&mut MountOptions),
+) -> Arc<EngineCore> {
+    let mut options = options(Duration::from_secs(60));
+    tune(&mut options);
+    EngineCore::start(EngineConfig {
+        store: Arc::new(LocalFileSystem::new_with_prefix(store_dir).unwrap()),
+        store_id: format!("file://{}", store_dir.display()),
+        cache_dir: cache.to_path_buf(),
+        options,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_readers_get_readahead_and_random_readers_do_not() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((12 * CHUNK) as usize, 5);
+    std::fs::write(store.path().join("seq.bin"), &data).unwrap();
+    std::fs::write(store.path().join("rnd.bin"), &data).unwrap();
+    let core = core_with(store.path(), cache.path(), |o| o.prefetch_max = 4);
+    let stats = &core.reader().stats;
+
+    // Sequential, in 4 KiB requests: every chunk is fetched once, most of them
+    // ahead of the reader.
+    let fh = open_path(&core, "seq.bin").await;
+    let mut offset = 0;
+    while offset < data.len() as u64 {
+        let got = core.read(fh, offset, 4096).await.unwrap();
+        assert_eq!(&got[..], &data[offset as usize..offset as usize + 4096]);
+        offset += 4096;
+    }
+    assert_eq!(stats.store_fetches.load(Ordering::Relaxed), 12);
+    let ahead = stats.prefetched.load(Ordering::Relaxed);
+    assert!(ahead >= 8, "only {ahead} chunks were fetched ahead");
+
+    // Random: chunks touched in a scattered order get nothing ahead.
+    let before = stats.prefetched.load(Ordering::Relaxed);
+    let fh = open_path(&core, "rnd.bin").await;
+    for index in [7u64, 2, 10, 4, 9] {
+        let got = core.read(fh, index * CHUNK + 10, 100).await.unwrap();
+        let at = (index * CHUNK + 10) as usize;
+        assert_eq!(&got[..], &data[at..at + 100]);
+    }
+    assert_eq!(stats.prefetched.load(Ordering::Relaxed), before);
+    assert_eq!(stats.store_fetches.load(Ordering::Relaxed), 12 + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readahead_shrinks_to_the_memory_budget() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((32 * CHUNK) as usize, 6);
+    std::fs::write(store.path().join("big.bin"), &data).unwrap();
+    // Room for four chunks in flight and four in the RAM tier; readahead wants 16.
+    let core = core_with(store.path(), cache.path(), |o| {
+        o.ram_size = 8 * CHUNK;
+        o.prefetch_max = 16;
+        o.fetch_concurrency = 16;
+    });
+    let reader = core.reader();
+    let fh = open_path(&core, "big.bin").await;
+    let mut offset = 0;
+    let mut peak_in_flight = 0;
+    while offset < data.len() as u64 {
+        let got = core.read(fh, offset, CHUNK as u32 / 2).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[offset as usize..(offset + CHUNK / 2) as usize]
+        );
+        peak_in_flight = peak_in_flight.max(reader.in_flight_bytes());
+        assert!(
+            reader.ram_used() <= 4 * CHUNK,
+            "RAM tier over its share: {}",
+            reader.ram_used()
+        );
+        offset += CHUNK / 2;
+    }
+    assert!(peak_in_flight <= 4 * CHUNK, "in flight: {peak_in_flight}");
+    assert!(reader.stats.prefetch_skipped.load(Ordering::Relaxed) > 0);
+    assert!(reader.stats.prefetched.load(Ordering::Relaxed) > 0);
+}

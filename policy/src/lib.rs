@@ -3,5 +3,7 @@
 //! decision can be tested and simulated on its own.
 
 pub mod eviction;
+pub mod readahead;
 
 pub use eviction::{bytes_to_free, lru_victims};
+pub use readahead::{ReadaheadPlan, ReadaheadState, plan_readahead};
