@@ -7,15 +7,16 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, FsEngine, Opened, Reply, StatFs};
+use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, FsEngine, Opened, Reply, StatFs};
 use tracing::Instrument;
 
+use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkIndex, FileId};
 use crate::error::{FsError, FsResult};
 use crate::namespace::{Namespace, Node};
@@ -26,8 +27,11 @@ use tierfs_policy::{ReadaheadState, plan_readahead};
 
 /// An open file: the version it reads and how its reader moves through it.
 struct OpenFile {
+    ino: u64,
     version: Arc<FileVersion>,
     readahead: Mutex<ReadaheadState>,
+    /// The NVMe copy is held for the kernel to read directly.
+    passthrough: AtomicBool,
 }
 
 /// Counters of the engine itself.
@@ -57,6 +61,9 @@ pub struct EngineCore {
     reader: Arc<TieredReader>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
+    /// Open handles per inode that read through tierfs. The kernel refuses a
+    /// passthrough open of an inode that has such handles, so none is offered then.
+    cached_opens: Mutex<HashMap<u64, usize>>,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
@@ -95,6 +102,7 @@ impl EngineCore {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
+            cached_opens: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats: EngineStats::default(),
         }))
@@ -227,12 +235,52 @@ impl EngineCore {
         let version = self.version_of(&node)?;
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let backing = {
+            let mut cached_opens = self.cached_opens.lock();
+            let cached = cached_opens.entry(ino).or_default();
+            let backing = if self.options.passthrough && *cached == 0 {
+                let layout = ChunkLayout::new(self.options.chunk_size, version.size);
+                let lens: Vec<u64> = (0..layout.chunk_count())
+                    .map(|i| layout.chunk_len(i))
+                    .collect();
+                self.reader
+                    .nvme()
+                    .hold_complete(version.id, &lens)?
+                    .map(|file| Backing {
+                        version: version.id.0,
+                        file,
+                    })
+            } else {
+                None
+            };
+            if backing.is_none() {
+                *cached += 1;
+            }
+            backing
+        };
         let open = OpenFile {
+            ino,
             version,
             readahead: Mutex::new(ReadaheadState::default()),
+            passthrough: AtomicBool::new(backing.is_some()),
         };
         self.files.lock().insert(fh, Arc::new(open));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            backing,
+        })
+    }
+
+    /// A handle offered passthrough reads through tierfs after all.
+    pub fn end_passthrough(&self, fh: u64) {
+        let open = self.files.lock().get(&fh).cloned();
+        if let Some(open) = open
+            && open.passthrough.swap(false, Ordering::Relaxed)
+        {
+            self.reader.nvme().unhold(open.version.id);
+            *self.cached_opens.lock().entry(open.ino).or_default() += 1;
+        }
     }
 
     /// The cache identity of a file's current version; binding it drops the
@@ -291,7 +339,20 @@ impl EngineCore {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.lock().remove(&fh);
+        let Some(open) = self.files.lock().remove(&fh) else {
+            return;
+        };
+        if open.passthrough.load(Ordering::Relaxed) {
+            self.reader.nvme().unhold(open.version.id);
+        } else {
+            let mut cached_opens = self.cached_opens.lock();
+            if let Some(n) = cached_opens.get_mut(&open.ino) {
+                *n -= 1;
+                if *n == 0 {
+                    cached_opens.remove(&open.ino);
+                }
+            }
+        }
     }
 
     pub fn statfs(&self) -> StatFs {
@@ -402,6 +463,10 @@ impl FsEngine for Engine {
     fn release(&self, _ino: u64, fh: u64, reply: Reply<()>) {
         self.core.release(fh);
         answer(reply, Ok(()));
+    }
+
+    fn passthrough_refused(&self, fh: u64) {
+        self.core.end_passthrough(fh);
     }
 
     fn statfs(&self, reply: Reply<StatFs>) {

@@ -3,7 +3,7 @@
 //! Every read is checked against the digest; a mismatch is dropped so that the
 //! caller fetches the chunk again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,12 @@ pub struct NvmeTier {
     min_free: u64,
     recency: Mutex<Recency>,
     files: Mutex<HashMap<FileId, Arc<File>>>,
+    /// Files the kernel reads directly (FUSE passthrough): never evicted while held.
+    held: Mutex<HashMap<FileId, usize>>,
+    /// Chunks whose bytes on disk were written or digest-checked by this process.
+    /// Passthrough reads skip the digest check, so only files whose every chunk
+    /// is in here are offered for it.
+    verified: Mutex<HashMap<FileId, HashSet<u64>>>,
     pub stats: NvmeStats,
 }
 
@@ -106,6 +112,8 @@ impl NvmeTier {
             min_free,
             recency: Mutex::new(recency),
             files: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             stats: NvmeStats::default(),
         })
     }
@@ -170,6 +178,7 @@ impl NvmeTier {
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
         self.recency.lock().touch(*key, record.len as u64);
+        self.mark_verified(key);
         Ok(Some(Bytes::from(buf)))
     }
 
@@ -194,6 +203,7 @@ impl NvmeTier {
         };
         self.index.put(key, &record)?;
         self.recency.lock().touch(*key, len);
+        self.mark_verified(key);
         Ok(true)
     }
 
@@ -211,7 +221,12 @@ impl NvmeTier {
                 if need == 0 {
                     return Ok(true);
                 }
-                let oldest = recency.order.iter().map(|((_, k), len)| (*k, *len));
+                let held = self.held.lock();
+                let oldest = recency
+                    .order
+                    .iter()
+                    .filter(|((_, k), _)| !held.contains_key(&k.file))
+                    .map(|((_, k), len)| (*k, *len));
                 tierfs_policy::lru_victims(oldest, need)
             };
             if victims.is_empty() {
@@ -245,7 +260,18 @@ impl NvmeTier {
         }
     }
 
+    fn mark_verified(&self, key: &ChunkKey) {
+        self.verified
+            .lock()
+            .entry(key.file)
+            .or_default()
+            .insert(key.index);
+    }
+
     fn forget_chunk(&self, key: &ChunkKey) {
+        if let Some(set) = self.verified.lock().get_mut(&key.file) {
+            set.remove(&key.index);
+        }
         if let Err(e) = self.index.delete(key) {
             tracing::warn!("chunk index delete failed: {e}");
         }
@@ -261,6 +287,50 @@ impl NvmeTier {
         match std::fs::remove_file(self.path_of(file)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// Opens the cache file of a version whose every chunk is on disk and was
+    /// written or digest-checked by this process, and holds
+    /// it against eviction until [`NvmeTier::unhold`], so that the kernel can read
+    /// it directly. `None` when a chunk is missing.
+    pub fn hold_complete(&self, file: FileId, chunk_lens: &[u64]) -> FsResult<Option<File>> {
+        if chunk_lens.is_empty() {
+            return Ok(None);
+        }
+        let all_verified = self
+            .verified
+            .lock()
+            .get(&file)
+            .is_some_and(|set| set.len() == chunk_lens.len());
+        if !all_verified {
+            return Ok(None);
+        }
+        let records = self.index.chunks_of(file)?;
+        let complete = records.len() == chunk_lens.len()
+            && records
+                .iter()
+                .all(|(k, r)| chunk_lens.get(k.index as usize) == Some(&(r.len as u64)));
+        if !complete {
+            return Ok(None);
+        }
+        *self.held.lock().entry(file).or_default() += 1;
+        match File::open(self.path_of(file)) {
+            Ok(f) => Ok(Some(f)),
+            Err(e) => {
+                self.unhold(file);
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn unhold(&self, file: FileId) {
+        let mut held = self.held.lock();
+        if let Some(n) = held.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&file);
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub struct MountOptions {
     /// Most ranged GETs in flight at once, demand and readahead together.
     pub fetch_concurrency: u32,
     pub fuse_threads: usize,
+    /// Let the kernel read files wholly on NVMe directly (FUSE passthrough).
+    pub passthrough: bool,
     pub read_only: bool,
     pub allow_other: bool,
     pub uid: Option<u32>,
@@ -56,6 +58,7 @@ impl Default for MountOptions {
             prefetch_max: 16,
             fetch_concurrency: 16,
             fuse_threads: 8,
+            passthrough: true,
             read_only: false,
             allow_other: false,
             uid: None,
@@ -155,6 +158,7 @@ impl MountOptions {
         match name {
             "ro" => self.read_only = flag(value)?,
             "allow_other" => self.allow_other = flag(value)?,
+            "passthrough" => self.passthrough = flag(value)?,
             _ => {
                 let v = value.ok_or_else(|| invalid(name, "needs a value (name=value)"))?;
                 if v.is_empty() {
@@ -251,6 +255,9 @@ impl MountOptions {
         }
         if self.allow_other {
             items.push("allow_other".into());
+        }
+        if !self.passthrough {
+            items.push("passthrough=false".into());
         }
         items.extend(self.uid.map(|u| format!("uid={u}")));
         items.extend(self.gid.map(|g| format!("gid={g}")));
@@ -366,6 +373,7 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 proptest::option::of(0u32..70_000),
+                any::<bool>(),
             ),
             proptest::option::of("[a-z0-9/_]{1,20}"),
             proptest::option::of("http://[a-z0-9.]{1,12}:[0-9]{2,5}"),
@@ -384,6 +392,7 @@ mod tests {
                     fuse_threads: times.3,
                     prefetch_max: fetch.0,
                     fetch_concurrency: fetch.1,
+                    passthrough: flags.3,
                     read_only: flags.0,
                     allow_other: flags.1,
                     uid: flags.2,

@@ -343,3 +343,57 @@ fn ro_and_allow_other_are_honoured_and_changes_are_refused() {
     ));
     assert!(one.contains("No such attribute"), "{one}");
 }
+
+#[test]
+fn files_wholly_on_nvme_are_read_with_passthrough() {
+    let backend = Backend::local();
+    let data = random_bytes(3 * CHUNK + 100, 21);
+    backend.put("p/w.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+    wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
+    // Every chunk is on NVMe now: the next open hands the kernel the cache file.
+    let f = File::open(m.path("p/w.bin")).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == data);
+    // A second open of the same inode shares the kernel's backing file.
+    assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+    drop(f);
+    assert!(m.log().contains("opened with passthrough"), "{}", m.log());
+    m.unmount();
+
+    // With passthrough off, the same file reads the same through tierfs.
+    let off = Mount::new(
+        &backend,
+        cache.path(),
+        &["chunk_size=1M", "passthrough=false"],
+    );
+    let before = off.log().matches("opened with passthrough").count();
+    assert!(std::fs::read(off.path("p/w.bin")).unwrap() == data);
+    assert_eq!(off.log().matches("opened with passthrough").count(), before);
+}
+
+#[test]
+fn a_file_held_open_through_tierfs_is_not_switched_to_passthrough() {
+    let backend = Backend::local();
+    let data = random_bytes(2 * CHUNK, 22);
+    backend.put("p/w.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    // This handle reads through tierfs, and stays open while the file completes.
+    let first = File::open(m.path("p/w.bin")).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    first.read_exact_at(&mut buf, 0).unwrap();
+    wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
+    // A second open must not ask for passthrough (the kernel would refuse it).
+    assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+    assert!(!m.log().contains("opened with passthrough"));
+    drop(first);
+    // The kernel sends release after close returns; once it has, opens pass through.
+    wait_until(|| {
+        assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+        m.log().contains("opened with passthrough")
+    });
+}

@@ -6,14 +6,16 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    AccessFlags, BackingId, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
 };
 use tracing::debug_span;
 
@@ -34,11 +36,11 @@ pub struct MountConfig {
 }
 
 /// A mounted filesystem; `run` serves it until it is unmounted.
-pub struct MountedSession<E: FsEngine> {
+pub struct MountedSession<E: FsEngine + Clone> {
     session: Session<FuseAdapter<E>>,
 }
 
-impl<E: FsEngine> MountedSession<E> {
+impl<E: FsEngine + Clone> MountedSession<E> {
     /// Serves requests until the filesystem is unmounted.
     pub fn run(self) -> io::Result<()> {
         self.session.run()
@@ -47,7 +49,10 @@ impl<E: FsEngine> MountedSession<E> {
 
 /// Mounts `engine` and completes the FUSE handshake, so that the mount is ready
 /// when this returns.
-pub fn mount<E: FsEngine>(engine: E, config: &MountConfig) -> io::Result<MountedSession<E>> {
+pub fn mount<E: FsEngine + Clone>(
+    engine: E,
+    config: &MountConfig,
+) -> io::Result<MountedSession<E>> {
     let mut options = vec![
         MountOption::FSName(config.fsname.clone()),
         MountOption::Subtype("tierfs".into()),
@@ -73,6 +78,7 @@ pub fn mount<E: FsEngine>(engine: E, config: &MountConfig) -> io::Result<Mounted
     let adapter = FuseAdapter {
         engine,
         max_background: config.max_background,
+        passthrough: Arc::new(Passthrough::default()),
     };
     let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
     Ok(MountedSession { session })
@@ -81,6 +87,22 @@ pub fn mount<E: FsEngine>(engine: E, config: &MountConfig) -> io::Result<Mounted
 struct FuseAdapter<E> {
     engine: E,
     max_background: u16,
+    passthrough: Arc<Passthrough>,
+}
+
+/// Backing ids the kernel gave for passthrough opens, kept until release.
+#[derive(Default)]
+struct Passthrough {
+    enabled: AtomicBool,
+    table: Mutex<BackingTable>,
+}
+
+/// The kernel allows one backing file per inode at a time, so every passthrough
+/// open of an inode shares one backing id; each handle keeps it alive.
+#[derive(Default)]
+struct BackingTable {
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    by_inode: HashMap<u64, (u128, Weak<BackingId>)>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -169,7 +191,15 @@ fn read_only(reply: impl ErrorReply) {
     reply.fail(fuser::Errno::EROFS)
 }
 
-impl<E: FsEngine> Filesystem for FuseAdapter<E> {
+impl<E: FsEngine + Clone> FuseAdapter<E> {
+    /// Tells the engine that a handle will be read through it after all.
+    fn engine_refusal(&self) -> impl FnOnce(u64) + Send + 'static {
+        let engine = self.engine.clone();
+        move |fh| engine.passthrough_refused(fh)
+    }
+}
+
+impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // The kernel clamps max_pages to /proc/sys/fs/fuse/max_pages_limit; asking for
         // the largest write size makes it grant the largest read size it allows.
@@ -182,6 +212,14 @@ impl<E: FsEngine> Filesystem for FuseAdapter<E> {
         if let Err(nearest) = config.set_max_background(self.max_background) {
             let _ = config.set_max_background(nearest);
         }
+        // Passthrough needs the kernel's capability, and stacking depth for backing
+        // files that may themselves sit on a stacked file system (overlayfs).
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.passthrough
+            .enabled
+            .store(passthrough, Ordering::Relaxed);
+        tracing::info!(passthrough, "FUSE session initialised");
         Ok(())
     }
 
@@ -269,15 +307,57 @@ impl<E: FsEngine> Filesystem for FuseAdapter<E> {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = debug_span!("open", ino = ino.0, ?flags).entered();
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let passthrough = self.passthrough.clone();
+        let engine_refusal = self.engine_refusal();
         self.engine.open(
             ino.0,
             write,
-            answer(reply, |reply: ReplyOpen, opened: Opened| {
+            answer(reply, move |reply: ReplyOpen, opened: Opened| {
                 let mut fopen = FopenFlags::empty();
                 if opened.keep_cache {
                     fopen |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
-                reply.opened(FileHandle(opened.fh), fopen)
+                let fh = FileHandle(opened.fh);
+                if let Some(backing) = opened
+                    .backing
+                    .filter(|_| passthrough.enabled.load(Ordering::Relaxed))
+                {
+                    let mut table = passthrough.table.lock().unwrap();
+                    let shared = match table.by_inode.get(&ino.0) {
+                        Some((version, id)) => match id.upgrade() {
+                            Some(id) if *version == backing.version => Some(Ok(id)),
+                            // Another version is still passed through: the
+                            // kernel would refuse a second backing file.
+                            Some(_) => None,
+                            None => Some(reply.open_backing(&backing.file).map(Arc::new)),
+                        },
+                        None => Some(reply.open_backing(&backing.file).map(Arc::new)),
+                    };
+                    match shared {
+                        Some(Ok(id)) => {
+                            table
+                                .by_inode
+                                .insert(ino.0, (backing.version, Arc::downgrade(&id)));
+                            table.by_handle.insert(fh.0, id.clone());
+                            drop(table);
+                            // The kernel caches through the backing file itself.
+                            reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                            tracing::debug!("opened with passthrough to the NVMe copy");
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            // Unprivileged mounts cannot register backing files:
+                            // stop offering them, read through the engine.
+                            tracing::info!(
+                                "FUSE passthrough unavailable ({e}); reading through tierfs"
+                            );
+                            passthrough.enabled.store(false, Ordering::Relaxed);
+                        }
+                        None => {}
+                    }
+                    engine_refusal(fh.0);
+                }
+                reply.opened(fh, fopen)
             }),
         );
     }
@@ -326,6 +406,12 @@ impl<E: FsEngine> Filesystem for FuseAdapter<E> {
         reply: ReplyEmpty,
     ) {
         let _span = debug_span!("release", ino = ino.0, fh = fh.0).entered();
+        self.passthrough
+            .table
+            .lock()
+            .unwrap()
+            .by_handle
+            .remove(&fh.0);
         self.engine.release(
             ino.0,
             fh.0,

@@ -56,11 +56,23 @@ pub struct DirEntry {
 }
 
 /// An opened file: the handle and how the kernel should cache it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     /// Keep the kernel page cache from an earlier open: the object has not changed.
     pub keep_cache: bool,
+    /// A local file holding the same bytes, for the kernel to read directly
+    /// (FUSE passthrough) when it allows that.
+    pub backing: Option<Backing>,
+}
+
+/// A local copy of one version of a file.
+#[derive(Debug)]
+pub struct Backing {
+    /// Names the version: opens of one inode share a backing file only while
+    /// they read the same version.
+    pub version: u128,
+    pub file: std::fs::File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,6 +98,9 @@ pub trait FsEngine: Send + Sync + 'static {
     fn open(&self, ino: u64, write: bool, reply: Reply<Opened>);
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>);
     fn release(&self, ino: u64, fh: u64, reply: Reply<()>);
+    /// The kernel refused passthrough for a handle that offered a backing file;
+    /// it is read through `read` instead.
+    fn passthrough_refused(&self, fh: u64);
     fn statfs(&self, reply: Reply<StatFs>);
     fn getxattr(&self, ino: u64, name: &OsStr, reply: Reply<Vec<u8>>);
     /// Names, each followed by a NUL byte, as listxattr(2) returns them.

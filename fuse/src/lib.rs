@@ -9,5 +9,5 @@ mod engine;
 
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
-    Attr, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs, reply_fn,
+    Attr, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs, reply_fn,
 };

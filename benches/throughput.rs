@@ -1,0 +1,573 @@
+//! Read throughput of tierfs against the physical limits and against other FUSE
+//! clients, in one run, on one machine, against one s3s-fs server on 127.0.0.1.
+//!
+//! Full run (writes BENCHMARKS.md): `cargo bench --bench throughput`
+//!   TIERFS_BENCH_FILE_MB (default 1024) sets the size of the big file,
+//!   TIERFS_BENCH_RUNS (default 3) the runs per case; the median is reported.
+//! Without `--bench` (as `cargo test --all-targets` runs it) it is a small smoke run
+//! that prints the table and writes nothing.
+//! Needs root (to drop the page cache), /dev/fuse, and `bash tests/setup.sh`.
+//! rclone and s3fs rows are measured when those programs are installed
+//! (`apt-get install rclone s3fs`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+const MB: f64 = 1e6;
+
+struct Row {
+    case: String,
+    tierfs: f64,
+    baseline_name: String,
+    baseline: f64,
+    unit: &'static str,
+    goal: &'static str,
+    rss_mib: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn drop_page_cache() -> bool {
+    Command::new("sync").status().ok();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// Reads a whole file sequentially in `bs`-byte reads; MB/s.
+fn read_speed(path: &Path, bs: usize) -> f64 {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = vec![0u8; bs];
+    let start = Instant::now();
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total as f64 / MB / start.elapsed().as_secs_f64()
+}
+
+/// `count` reads of `bs` bytes at pseudo-random offsets; MB/s.
+fn random_speed(path: &Path, bs: usize, count: usize, size: u64) -> f64 {
+    let f = File::open(path).unwrap();
+    let mut buf = vec![0u8; bs];
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let start = Instant::now();
+    for _ in 0..count {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = (x % (size - bs as u64)) & !4095;
+        f.read_exact_at(&mut buf, offset).unwrap();
+    }
+    (bs * count) as f64 / MB / start.elapsed().as_secs_f64()
+}
+
+/// Peak resident memory of the tierfs daemon serving `mountpoint`, in MiB.
+fn daemon_peak_rss(mountpoint: &Path) -> Option<f64> {
+    let needle = mountpoint.display().to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a.ends_with("tierfs")) && args.contains(&needle) {
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let kb: f64 = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            return Some(kb / 1024.0);
+        }
+    }
+    None
+}
+
+fn put_big(client: &dyn ObjectStore, key: &str, size: usize, seed: u64) {
+    block_on(async {
+        let path = ObjectPath::parse(format!("models/{key}")).unwrap();
+        let upload = client.put_multipart(&path).await.unwrap();
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        let mut left = size;
+        let mut part = 0;
+        while left > 0 {
+            let n = left.min(8 << 20);
+            writer.write(&random_bytes(n, seed * 1_000_003 + part));
+            left -= n;
+            part += 1;
+        }
+        writer.finish().await.unwrap();
+    });
+}
+
+/// The raw object_store client doing parallel 8 MiB ranged GETs; MB/s.
+fn raw_parallel_get(client: &dyn ObjectStore, key: &str, size: u64, concurrency: usize) -> f64 {
+    let path = ObjectPath::parse(format!("models/{key}")).unwrap();
+    let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(8 << 20))
+        .map(|i| i * (8 << 20)..((i + 1) * (8 << 20)).min(size))
+        .collect();
+    // A multi-threaded runtime, as tierfs itself uses.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let total: usize = runtime.block_on(async {
+        futures::stream::iter(ranges)
+            .map(|r| {
+                let path = path.clone();
+                async move { client.get_range(&path, r).await.unwrap().len() }
+            })
+            .buffer_unordered(concurrency)
+            .fold(0, |a, n| async move { a + n })
+            .await
+    });
+    total as f64 / MB / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let env_num = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let file_mb = env_num("TIERFS_BENCH_FILE_MB", if full { 1024 } else { 16 });
+    let runs = env_num("TIERFS_BENCH_RUNS", if full { 3 } else { 1 });
+    let size = (file_mb as u64) << 20;
+    let backend = Backend::s3();
+    let Backend::S3(server) = &backend else {
+        unreachable!()
+    };
+    let client = server.client();
+    put_big(client.as_ref(), "big.bin", size as usize, 1);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let dropped = drop_page_cache();
+
+    // Cold sequential: tierfs vs the raw client with the same concurrency.
+    let mut cold = Vec::new();
+    let mut raw = Vec::new();
+    let mut rss = 0f64;
+    for _ in 0..runs {
+        raw.push(raw_parallel_get(client.as_ref(), "big.bin", size, 16));
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::new(&backend, cache.path(), &[]);
+        drop_page_cache();
+        cold.push(read_speed(&m.path("big.bin"), 1 << 20));
+        rss = rss.max(daemon_peak_rss(m.dir.path()).unwrap_or(0.0));
+    }
+    rows.push(Row {
+        case: "cold sequential read".into(),
+        tierfs: median(cold.clone()),
+        baseline_name: "object_store parallel ranged GET (16)".into(),
+        baseline: median(raw),
+        unit: "MB/s",
+        goal: ">= 0.9",
+        rss_mib: Some(rss),
+    });
+
+    for (tool, args) in [("rclone", "rclone"), ("s3fs", "s3fs")] {
+        if let Some(speed) = peer_cold_read(server, tool, scratch.path(), runs) {
+            rows.push(Row {
+                case: format!("cold sequential read vs {args}"),
+                tierfs: median(cold.clone()),
+                baseline_name: format!("{args} mount"),
+                baseline: speed,
+                unit: "MB/s",
+                goal: ">= 1.3",
+                rss_mib: None,
+            });
+        } else {
+            println!("{tool} is not installed: its row is left out (apt-get install {tool})");
+        }
+    }
+
+    // NVMe-resident with the page cache dropped, RAM-resident, page-cache re-read.
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(
+        &backend,
+        cache.path(),
+        &[&format!("ram_size={}M", file_mb * 2 + 64)],
+    );
+    read_speed(&m.path("big.bin"), 1 << 20);
+    wait_for_cache(cache.path(), size);
+    m.unmount();
+    let cache_file = largest_file(&cache.path().join("chunks"));
+    let (mut nvme, mut direct) = (Vec::new(), Vec::new());
+    let m = Mount::new(&backend, cache.path(), &[]);
+    for _ in 0..runs {
+        drop_page_cache();
+        nvme.push(read_speed(&m.path("big.bin"), 1 << 20));
+        drop_page_cache();
+        direct.push(read_speed(&cache_file, 1 << 20));
+    }
+    let nvme_rss = daemon_peak_rss(m.dir.path());
+    let (mut rand4k, mut rand1m, mut local4k, mut local1m) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        rand4k.push(random_speed(&m.path("big.bin"), 4096, 4000, size));
+        local4k.push(random_speed(&cache_file, 4096, 4000, size));
+        rand1m.push(random_speed(&m.path("big.bin"), 1 << 20, 200, size));
+        local1m.push(random_speed(&cache_file, 1 << 20, 200, size));
+    }
+    m.unmount();
+    rows.push(Row {
+        case: "NVMe-resident, page cache dropped".into(),
+        tierfs: median(nvme),
+        baseline_name: "direct read of the cache file".into(),
+        baseline: median(direct),
+        unit: "MB/s",
+        goal: ">= 0.95",
+        rss_mib: nvme_rss,
+    });
+    rows.push(Row {
+        case: "random 4 KiB reads, NVMe-resident".into(),
+        tierfs: median(rand4k),
+        baseline_name: "same reads of the cache file".into(),
+        baseline: median(local4k),
+        unit: "MB/s",
+        goal: "",
+        rss_mib: None,
+    });
+    rows.push(Row {
+        case: "random 1 MiB reads, NVMe-resident".into(),
+        tierfs: median(rand1m),
+        baseline_name: "same reads of the cache file".into(),
+        baseline: median(local1m),
+        unit: "MB/s",
+        goal: "",
+        rss_mib: None,
+    });
+
+    let tmpfs_file = PathBuf::from(format!("/dev/shm/tierfs-bench-{}", std::process::id()));
+    std::fs::copy(&cache_file, &tmpfs_file).unwrap();
+    let ram_opts = [
+        format!("ram_size={}M", file_mb * 2 + 64),
+        "passthrough=false".to_string(),
+    ];
+    let ram_opts: Vec<&str> = ram_opts.iter().map(String::as_str).collect();
+    let m = Mount::new(&backend, cache.path(), &ram_opts);
+    read_speed(&m.path("big.bin"), 1 << 20);
+    let (mut ram, mut hot, mut shm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        drop_page_cache();
+        ram.push(read_speed(&m.path("big.bin"), 1 << 20));
+        hot.push(read_speed(&m.path("big.bin"), 1 << 20));
+        shm.push(read_speed(&tmpfs_file, 1 << 20));
+    }
+    let ram_rss = daemon_peak_rss(m.dir.path());
+    m.unmount();
+    std::fs::remove_file(&tmpfs_file).ok();
+    rows.push(Row {
+        case: "RAM-resident, page cache dropped".into(),
+        tierfs: median(ram),
+        baseline_name: "tmpfs".into(),
+        baseline: median(shm.clone()),
+        unit: "MB/s",
+        goal: ">= 0.8",
+        rss_mib: ram_rss,
+    });
+    rows.push(Row {
+        case: "re-read, page cache kept".into(),
+        tierfs: median(hot),
+        baseline_name: "tmpfs".into(),
+        baseline: median(shm),
+        unit: "MB/s",
+        goal: ">= 0.95",
+        rss_mib: None,
+    });
+
+    rows.push(small_files(&backend, scratch.path()));
+    rows.extend(safetensors_rows(&backend, scratch.path(), file_mb, runs));
+    rows.push(parallel_cold_rss(&backend, client.as_ref(), size));
+    report(&rows, full, file_mb, runs, dropped);
+}
+
+fn wait_for_cache(cache: &Path, size: u64) {
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..6000 {
+        let on_disk: u64 = std::fs::read_dir(cache.join("chunks"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if on_disk >= size {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the NVMe tier never held the file");
+}
+
+fn largest_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path()
+}
+
+/// 1,000 small files read once, cold, through tierfs vs from local disk; files/s.
+fn small_files(backend: &Backend, scratch: &Path) -> Row {
+    let local = scratch.join("small");
+    std::fs::create_dir_all(&local).unwrap();
+    let Backend::S3(server) = backend else {
+        unreachable!()
+    };
+    let client = server.client();
+    block_on(async {
+        futures::stream::iter(0..1000)
+            .for_each_concurrent(32, |i| {
+                let client = client.clone();
+                let data = random_bytes(16 << 10, i);
+                std::fs::write(local.join(format!("f{i:04}")), &data).unwrap();
+                async move {
+                    let path = ObjectPath::parse(format!("models/small/f{i:04}")).unwrap();
+                    client.put(&path, data.into()).await.unwrap();
+                }
+            })
+            .await
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(backend, cache.path(), &[]);
+    let read_dir = |dir: &Path| {
+        let start = Instant::now();
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            std::fs::read(e.path()).unwrap();
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    };
+    drop_page_cache();
+    let tierfs = read_dir(&m.path("small"));
+    drop_page_cache();
+    let disk = read_dir(&local);
+    Row {
+        case: "1,000 files of 16 KiB, cold".into(),
+        tierfs,
+        baseline_name: "local disk".into(),
+        baseline: disk,
+        unit: "files/s",
+        goal: "",
+        rss_mib: daemon_peak_rss(m.dir.path()),
+    }
+}
+
+/// A safetensors model loaded tensor by tensor with safe_open (mmap), cold and
+/// warm, through the mount vs from local disk; MB/s of tensor bytes.
+fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usize) -> Vec<Row> {
+    let model = scratch.join("model.safetensors");
+    let layers = (file_mb / 16).max(1);
+    run_python(
+        &format!(
+            "import numpy as np\nfrom safetensors.numpy import save_file\nrng = np.random.default_rng(1)\n\
+         save_file({{f'l{{i}}': rng.standard_normal((2048, 2048), dtype=np.float32) for i in range({layers})}}, '{}')\n",
+            model.display()
+        ),
+        "",
+    );
+    backend.put("st/model.safetensors", &std::fs::read(&model).unwrap());
+    let load = |path: &Path| -> f64 {
+        let out = run_python(
+            &format!(
+                "import time\nfrom safetensors import safe_open\nt = time.perf_counter(); n = 0\n\
+             with safe_open('{}', framework='numpy') as f:\n    for k in f.keys():\n        n += f.get_tensor(k).nbytes\n\
+             print(n / 1e6 / (time.perf_counter() - t))\n",
+                path.display()
+            ),
+            "",
+        );
+        out.trim().parse().unwrap()
+    };
+    let (mut cold, mut warm, mut disk) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::new(backend, cache.path(), &[]);
+        drop_page_cache();
+        cold.push(load(&m.path("st/model.safetensors")));
+        warm.push(load(&m.path("st/model.safetensors")));
+        load(&model);
+        disk.push(load(&model));
+    }
+    vec![
+        Row {
+            case: "safetensors safe_open, cold".into(),
+            tierfs: median(cold),
+            baseline_name: "local disk, warm".into(),
+            baseline: median(disk.clone()),
+            unit: "MB/s",
+            goal: "",
+            rss_mib: None,
+        },
+        Row {
+            case: "safetensors safe_open, warm".into(),
+            tierfs: median(warm),
+            baseline_name: "local disk, warm".into(),
+            baseline: median(disk),
+            unit: "MB/s",
+            goal: ">= 0.9",
+            rss_mib: None,
+        },
+    ]
+}
+
+/// Eight cold sequential readers of eight files at once with ram_size=256M: the
+/// daemon's peak memory is what counts.
+fn parallel_cold_rss(backend: &Backend, client: &dyn ObjectStore, size: u64) -> Row {
+    for i in 0..8 {
+        put_big(client, &format!("par/f{i}.bin"), size as usize, 100 + i);
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(backend, cache.path(), &["ram_size=256M"]);
+    drop_page_cache();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let p = m.path(&format!("par/f{i}.bin"));
+            s.spawn(move || read_speed(&p, 1 << 20));
+        }
+    });
+    let speed = (8 * size) as f64 / MB / start.elapsed().as_secs_f64();
+    let rss = daemon_peak_rss(m.dir.path());
+    Row {
+        case: "8 parallel cold readers, ram_size=256M (goal: peak RSS <= 512 MiB)".into(),
+        tierfs: speed,
+        baseline_name: "-".into(),
+        baseline: f64::NAN,
+        unit: "MB/s",
+        goal: "RSS <= 512",
+        rss_mib: rss,
+    }
+}
+
+/// Cold sequential read of big.bin through another FUSE client of the same bucket.
+fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) -> Option<f64> {
+    Command::new("which")
+        .arg(tool)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mut speeds = Vec::new();
+    for run in 0..runs {
+        let mnt = scratch.join(format!("{tool}-mnt-{run}"));
+        let cache = scratch.join(format!("{tool}-cache-{run}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        let ok = match tool {
+            "rclone" => Command::new("rclone")
+                .env_remove("AWS_CA_BUNDLE")
+                .args(["mount", &format!(":s3,provider=Other,force_path_style=true,access_key_id={ACCESS_KEY},secret_access_key={SECRET_KEY},endpoint={}:{BUCKET}/models", server.endpoint())])
+                .arg(&mnt)
+                .args(["--vfs-cache-mode", "full", "--cache-dir"])
+                .arg(&cache)
+                .arg("--daemon")
+                .status(),
+            _ => {
+                let pw = scratch.join("s3fs.passwd");
+                std::fs::write(&pw, format!("{ACCESS_KEY}:{SECRET_KEY}")).unwrap();
+                std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                Command::new("s3fs")
+                    .arg(format!("{BUCKET}:/models"))
+                    .arg(&mnt)
+                    .args(["-o", &format!("passwd_file={},use_path_request_style,url={},endpoint=us-east-1,use_cache={}", pw.display(), server.endpoint(), cache.display())])
+                    .status()
+            }
+        };
+        if !ok.is_ok_and(|s| s.success()) {
+            return None;
+        }
+        let file = mnt.join("big.bin");
+        for _ in 0..500 {
+            if file.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop_page_cache();
+        speeds.push(read_speed(&file, 1 << 20));
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .status()
+            .ok();
+    }
+    Some(median(speeds))
+}
+
+fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) {
+    let mut out = String::new();
+    out.push_str("| case | tierfs | baseline | baseline | ratio | goal | daemon peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        let ratio = if r.baseline.is_finite() {
+            format!("{:.2}", r.tierfs / r.baseline)
+        } else {
+            "-".into()
+        };
+        let baseline = if r.baseline.is_finite() {
+            format!("{:.0} {}", r.baseline, r.unit)
+        } else {
+            "-".into()
+        };
+        let rss = r
+            .rss_mib
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "| {} | {:.0} {} | {} | {} | {} | {} | {} |\n",
+            r.case, r.tierfs, r.unit, r.baseline_name, baseline, ratio, r.goal, rss
+        ));
+    }
+    println!("{out}");
+    if !full {
+        return;
+    }
+    let sh_out = |c: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(c)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let machine = format!(
+        "{} CPUs ({}), {} memory, kernel {}",
+        sh_out("nproc"),
+        sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
+        sh_out("free -h | awk '/Mem:/{print $2}'"),
+        sh_out("uname -r")
+    );
+    let doc = format!(
+        "# Benchmarks\n\nMeasured by `cargo bench --bench throughput` (see benches/throughput.rs) on {machine}, \
+         against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case; \
+         page cache dropped between cold runs: {dropped}. Each ratio divides the tierfs figure by the \
+         baseline measured in the same run.\n\n{out}\n"
+    );
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"), doc).unwrap();
+    println!("wrote BENCHMARKS.md");
+}
