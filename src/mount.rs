@@ -48,6 +48,9 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, String> {
     let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
     let location = StoreLocation::parse(&args.store).map_err(|e| e.to_string())?;
     check_mountpoint(&args.mountpoint)?;
+    // Absolute before mounting: resolving it later would ask the mount itself.
+    let mountpoint = std::fs::canonicalize(&args.mountpoint)
+        .map_err(|e| format!("mountpoint {}: {e}", args.mountpoint.display()))?;
     let cache_dir = match &options.cache_dir {
         Some(dir) => dir.clone(),
         None => default_cache_dir(),
@@ -56,7 +59,7 @@ pub fn prepare(args: &MountArgs) -> Result<Prepared, String> {
     Ok(Prepared {
         location,
         options,
-        mountpoint: args.mountpoint.clone(),
+        mountpoint,
         cache_dir,
     })
 }
@@ -250,6 +253,7 @@ fn serve_inner(
         )
     })?;
     tracing::info!(mountpoint = %p.mountpoint.display(), cache_dir = %p.cache_dir.display(), "mounted");
+    raise_readahead(&p.mountpoint, p.options.chunk_size);
     report(READY);
     let mountpoint = p.mountpoint.clone();
     runtime.spawn(async move {
@@ -262,6 +266,37 @@ fn serve_inner(
         .map_err(|e| format!("FUSE session ended: {e}"))?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// The kernel reads ahead only 128 KiB on a new FUSE mount; one chunk ahead lets
+/// sequential readers keep several requests in flight. Needs root; best effort.
+fn raise_readahead(mountpoint: &Path, chunk_size: u64) {
+    // The device number comes from mountinfo: a stat of the mountpoint would wait
+    // for this very process to answer it.
+    let wanted = mountpoint.display().to_string();
+    let Some(device) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .map(|l| l.split(' ').collect::<Vec<_>>())
+                .rfind(|f| f.len() > 4 && f[4] == wanted)
+                .map(|f| f[2].to_string())
+        })
+    else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    let kb = (chunk_size / 1024).max(128);
+    match std::fs::write(&knob, kb.to_string()) {
+        Ok(()) => tracing::info!(read_ahead_kb = kb, "kernel readahead raised"),
+        Err(e) => tracing::debug!("cannot raise kernel readahead through {knob}: {e}"),
+    }
+    if let Ok(limit) = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit") {
+        tracing::info!(
+            max_pages_limit = limit.trim(),
+            "largest FUSE request is max_pages_limit pages; raise /proc/sys/fs/fuse/max_pages_limit before mounting for more"
+        );
+    }
 }
 
 fn fsname(p: &Prepared) -> String {
