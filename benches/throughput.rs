@@ -486,7 +486,12 @@ fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) ->
         let ok = match tool {
             "rclone" => Command::new("rclone")
                 .env_remove("AWS_CA_BUNDLE")
-                .args(["mount", &format!(":s3,provider=Other,force_path_style=true,access_key_id={ACCESS_KEY},secret_access_key={SECRET_KEY},endpoint={}:{BUCKET}/models", server.endpoint())])
+                .env("RCLONE_S3_PROVIDER", "Other")
+                .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+                .env("RCLONE_S3_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("RCLONE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+                .env("RCLONE_S3_ENDPOINT", server.endpoint())
+                .args(["mount", &format!(":s3:{BUCKET}/models")])
                 .arg(&mnt)
                 .args(["--vfs-cache-mode", "full", "--cache-dir"])
                 .arg(&cache)
@@ -512,6 +517,11 @@ fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) ->
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !file.exists() {
+            println!("{tool} mounted but does not show big.bin: its row is left out");
+            Command::new("fusermount3").arg("-u").arg("-z").arg(&mnt).status().ok();
+            return None;
         }
         drop_page_cache();
         speeds.push(read_speed(&file, 1 << 20));
