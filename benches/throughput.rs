@@ -500,7 +500,8 @@ fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) ->
             _ => {
                 let pw = scratch.join("s3fs.passwd");
                 std::fs::write(&pw, format!("{ACCESS_KEY}:{SECRET_KEY}")).unwrap();
-                std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
                 Command::new("s3fs")
                     .arg(format!("{BUCKET}:/models"))
                     .arg(&mnt)
@@ -520,7 +521,12 @@ fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) ->
         }
         if !file.exists() {
             println!("{tool} mounted but does not show big.bin: its row is left out");
-            Command::new("fusermount3").arg("-u").arg("-z").arg(&mnt).status().ok();
+            Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&mnt)
+                .status()
+                .ok();
             return None;
         }
         drop_page_cache();
@@ -582,6 +588,12 @@ fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) 
          page cache dropped between cold runs: {dropped}. Each ratio divides the tierfs figure by the \
          baseline measured in the same run.\n\n{out}\n"
     );
-    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"), doc).unwrap();
+    // The hand-written analysis below the table survives a new run.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let analysis = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find("\n## Analysis").map(|at| old[at..].to_string()))
+        .unwrap_or_default();
+    std::fs::write(path, doc + &analysis).unwrap();
     println!("wrote BENCHMARKS.md");
 }
