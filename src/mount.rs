@@ -243,7 +243,8 @@ fn serve_inner(
         read_only: p.options.read_only,
         allow_other: p.options.allow_other,
         threads: p.options.fuse_threads,
-        max_background: 64,
+        // Room for the kernel readahead of as many chunks as are fetched at once.
+        max_background: (p.options.fetch_concurrency.saturating_mul(4)).clamp(16, 1024) as u16,
     };
     let session = tierfs_fuse::mount(engine, &config).map_err(|e| {
         format!(
