@@ -32,11 +32,6 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     file.read_exact_at(buf, offset)
 }
 
-/// Whether reads go through io-uring (false after it failed to set up).
-pub fn uses_io_uring() -> bool {
-    !URING_BROKEN.load(Ordering::Relaxed)
-}
-
 enum UringError {
     Unavailable(io::Error),
     Io(io::Error),

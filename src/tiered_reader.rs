@@ -116,10 +116,6 @@ impl TieredReader {
         &self.nvme
     }
 
-    pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
-    }
-
     /// Bytes held by the RAM tier.
     pub fn ram_used(&self) -> u64 {
         self.ram.run_pending_tasks();
