@@ -30,6 +30,8 @@ struct OpenFile {
     ino: u64,
     version: Arc<FileVersion>,
     readahead: Mutex<ReadaheadState>,
+    /// The widest readahead window this handle reached, in chunks.
+    widest_window: AtomicU64,
     /// The NVMe copy is held for the kernel to read directly.
     passthrough: AtomicBool,
 }
@@ -262,6 +264,7 @@ impl EngineCore {
             ino,
             version,
             readahead: Mutex::new(ReadaheadState::default()),
+            widest_window: AtomicU64::new(0),
             passthrough: AtomicBool::new(backing.is_some()),
         };
         self.files.lock().insert(fh, Arc::new(open));
@@ -331,6 +334,8 @@ impl EngineCore {
             if plan.reset {
                 self.stats.readahead_resets.fetch_add(1, Ordering::Relaxed);
             }
+            open.widest_window
+                .fetch_max(plan.state.window, Ordering::Relaxed);
             for index in plan.prefetch {
                 self.reader.prefetch(file, index);
             }
@@ -342,6 +347,12 @@ impl EngineCore {
         let Some(open) = self.files.lock().remove(&fh) else {
             return;
         };
+        tracing::debug!(
+            path = %open.version.path,
+            widest_readahead = open.widest_window.load(Ordering::Relaxed),
+            passthrough = open.passthrough.load(Ordering::Relaxed),
+            "file closed"
+        );
         if open.passthrough.load(Ordering::Relaxed) {
             self.reader.nvme().unhold(open.version.id);
         } else {

@@ -50,6 +50,36 @@ print("ok", len(want))
     );
     let out = run_python(&check, &mount.log());
     assert_eq!(out.trim(), "ok 25");
+    mount.unmount();
+
+    // safe_open alone on a fresh mount: its page faults reach tierfs as reads a
+    // little out of order, and must still be seen as sequential.
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let mmap_only = format!(
+        "from safetensors import safe_open\nwith safe_open('{}', framework='numpy') as f:\n    print(sum(f.get_tensor(k).nbytes for k in f.keys()))\n",
+        mount.path("model/step-100/model.safetensors").display()
+    );
+    run_python(&mmap_only, &mount.log());
+    mount.unmount();
+    let log = mount.log();
+    let widest: u64 = log
+        .lines()
+        .filter(|l| l.contains("file closed") && l.contains("model.safetensors"))
+        .filter_map(|l| {
+            l.split("widest_readahead=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or_else(|| panic!("no close logged:\n{log}"));
+    assert!(
+        widest >= 2,
+        "safe_open got a readahead window of {widest} chunks"
+    );
 }
 
 #[test]
