@@ -213,16 +213,20 @@ impl TieredReader {
         let file = file.clone();
         let fut = async move {
             let len = ChunkLayout::new(this.chunk_size, file.size).chunk_len(key.index);
-            let permit = match permit {
-                Some(p) => p,
-                None => this
-                    .memory
-                    .clone()
-                    .acquire_many_owned(this.permits_for(len))
-                    .await
-                    .map_err(|e| FsError::Cache(e.to_string()))?,
-            };
-            let result = this.load(&file, key, len, permit).await;
+            let result = async {
+                let permit = match permit {
+                    Some(p) => p,
+                    None => this
+                        .memory
+                        .clone()
+                        .acquire_many_owned(this.permits_for(len))
+                        .await
+                        .map_err(|e| FsError::Cache(e.to_string()))?,
+                };
+                this.load(&file, key, len, permit).await
+            }
+            .await;
+            // On every outcome, so that a failed load is retried by the next reader.
             this.inflight.lock().remove(&key);
             result
         }
