@@ -242,12 +242,9 @@ impl EngineCore {
             let cached = cached_opens.entry(ino).or_default();
             let backing = if self.options.passthrough && *cached == 0 {
                 let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-                let lens: Vec<u64> = (0..layout.chunk_count())
-                    .map(|i| layout.chunk_len(i))
-                    .collect();
                 self.reader
                     .nvme()
-                    .hold_complete(version.id, &lens)?
+                    .hold_complete(version.id, layout)?
                     .map(|file| Backing {
                         version: version.id.0,
                         file,

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::chunk::ChunkLayout;
 use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
 use crate::error::FsResult;
@@ -294,23 +295,24 @@ impl NvmeTier {
     /// written or digest-checked by this process, and holds
     /// it against eviction until [`NvmeTier::unhold`], so that the kernel can read
     /// it directly. `None` when a chunk is missing.
-    pub fn hold_complete(&self, file: FileId, chunk_lens: &[u64]) -> FsResult<Option<File>> {
-        if chunk_lens.is_empty() {
+    pub fn hold_complete(&self, file: FileId, layout: ChunkLayout) -> FsResult<Option<File>> {
+        let count = layout.chunk_count() as usize;
+        if count == 0 {
             return Ok(None);
         }
         let all_verified = self
             .verified
             .lock()
             .get(&file)
-            .is_some_and(|set| set.len() == chunk_lens.len());
+            .is_some_and(|set| set.len() == count);
         if !all_verified {
             return Ok(None);
         }
         let records = self.index.chunks_of(file)?;
-        let complete = records.len() == chunk_lens.len()
+        let complete = records.len() == count
             && records
                 .iter()
-                .all(|(k, r)| chunk_lens.get(k.index as usize) == Some(&(r.len as u64)));
+                .all(|(k, r)| layout.chunk_len(k.index) == r.len as u64);
         if !complete {
             return Ok(None);
         }

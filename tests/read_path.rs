@@ -352,16 +352,27 @@ fn files_wholly_on_nvme_are_read_with_passthrough() {
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
     assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
-    wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
-    // Every chunk is on NVMe now: the next open hands the kernel the cache file.
+    // Once every chunk is on NVMe (and the first handle's release has arrived,
+    // which the kernel sends after close returns), opens hand the kernel the
+    // cache file.
+    wait_until(|| {
+        assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+        m.log().contains("opened with passthrough")
+    });
     let f = File::open(m.path("p/w.bin")).unwrap();
     let mut buf = vec![0u8; data.len()];
     f.read_exact_at(&mut buf, 0).unwrap();
     assert!(buf == data);
-    // A second open of the same inode shares the kernel's backing file.
+    // A second open of the same inode, while the first is open, shares the
+    // kernel's backing file.
+    let before = m.log().matches("opened with passthrough").count();
     assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
+    assert!(
+        m.log().matches("opened with passthrough").count() > before,
+        "{}",
+        m.log()
+    );
     drop(f);
-    assert!(m.log().contains("opened with passthrough"), "{}", m.log());
     m.unmount();
 
     // With passthrough off, the same file reads the same through tierfs.

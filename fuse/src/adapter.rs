@@ -323,14 +323,15 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                     .filter(|_| passthrough.enabled.load(Ordering::Relaxed))
                 {
                     let mut table = passthrough.table.lock().unwrap();
-                    let shared = match table.by_inode.get(&ino.0) {
-                        Some((version, id)) => match id.upgrade() {
-                            Some(id) if *version == backing.version => Some(Ok(id)),
-                            // Another version is still passed through: the
-                            // kernel would refuse a second backing file.
-                            Some(_) => None,
-                            None => Some(reply.open_backing(&backing.file).map(Arc::new)),
-                        },
+                    let live = table
+                        .by_inode
+                        .get(&ino.0)
+                        .and_then(|(version, id)| Some((*version, id.upgrade()?)));
+                    let shared = match live {
+                        Some((version, id)) if version == backing.version => Some(Ok(id)),
+                        // Another version is still passed through: the kernel
+                        // would refuse a second backing file.
+                        Some(_) => None,
                         None => Some(reply.open_backing(&backing.file).map(Arc::new)),
                     };
                     match shared {
