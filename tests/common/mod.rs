@@ -284,17 +284,7 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// Runs a shell command and returns its stdout, failing the test on a non-zero exit.
 pub fn sh(command: &str) -> String {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`{command}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_script(Path::new("bash"), command, &format!("`{command}` failed"))
 }
 
 /// The moto S3 server on 127.0.0.1, for keys that s3s-fs cannot hold (a key that is
@@ -403,14 +393,20 @@ impl CountingProxy {
 /// Runs a Python script in the test venv and returns its stdout; on failure the
 /// test fails with the script's stderr and `context` (a log, say).
 pub fn run_python(script: &str, context: &str) -> String {
-    let out = Command::new(tool("python"))
+    run_script(&tool("python"), script, context)
+}
+
+/// Runs `interpreter -c script` and returns its stdout; a non-zero exit fails the
+/// test with `context` and the script's stderr.
+fn run_script(interpreter: &Path, script: &str, context: &str) -> String {
+    let out = Command::new(interpreter)
         .arg("-c")
         .arg(script)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}{context}",
+        "{context}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
