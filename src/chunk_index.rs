@@ -83,6 +83,10 @@ pub fn decode_record(bytes: &[u8]) -> Option<ChunkRecord> {
 
 const CHUNKS: &str = "chunks";
 const OBJECTS: &str = "objects";
+/// Files written through the mount and not yet verified in the store (write path).
+pub(crate) const STAGED: &str = "staged";
+/// Directories made through the mount (the store has no empty directories).
+pub(crate) const DIRS: &str = "dirs";
 
 pub struct ChunkIndex {
     db: DB,
@@ -93,14 +97,30 @@ impl ChunkIndex {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CHUNKS, OBJECTS]
+        let families = [CHUNKS, OBJECTS, STAGED, DIRS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
         Ok(ChunkIndex { db })
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Adds the records of chunks now on disk to a batch.
+    pub(crate) fn put_chunks_in(&self, batch: &mut WriteBatch, chunks: &[(ChunkKey, ChunkRecord)]) {
+        for (key, record) in chunks {
+            batch.put_cf(self.cf(CHUNKS), encode_key(key), encode_record(record));
+        }
+    }
+
+    /// Adds the binding of an object to its current version to a batch.
+    pub(crate) fn bind_object_in(&self, batch: &mut WriteBatch, object: u128, file: FileId) {
+        batch.put_cf(self.cf(OBJECTS), object.to_be_bytes(), file.0.to_be_bytes());
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db
             .cf_handle(name)
             .expect("column family created at open")

@@ -3,8 +3,6 @@
 //! hand them to the tokio runtime and answer the kernel when they finish.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,9 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::staging::StagingArea;
+use crate::store::StoreClient;
+use crate::uploader::Uploader;
+use crate::write_path::{StagedFile, WriteSide};
+use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, FsEngine, Opened, Reply, StatFs};
-use tracing::Instrument;
+use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, Opened, StatFs};
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkIndex, FileId};
@@ -25,10 +28,14 @@ use crate::options::MountOptions;
 use crate::tiered_reader::{FileVersion, TieredReader};
 use tierfs_policy::{ReadaheadState, plan_readahead};
 
-/// An open file: the version it reads and how its reader moves through it.
+/// An open file: the version it reads and how its reader moves through it, or
+/// the staged file it reads and writes.
 struct OpenFile {
     ino: u64,
-    version: Arc<FileVersion>,
+    version: Option<Arc<FileVersion>>,
+    staged: Option<Arc<StagedFile>>,
+    /// Opened for writing: counts as a writer of the staged file.
+    writer: bool,
     readahead: Mutex<ReadaheadState>,
     /// The widest readahead window this handle reached, in chunks.
     widest_window: AtomicU64,
@@ -45,7 +52,7 @@ pub struct EngineStats {
 
 /// Everything the engine needs to start.
 pub struct EngineConfig {
-    pub store: Arc<dyn ObjectStore>,
+    pub store: StoreClient,
     /// Names the store in cache keys (see `StoreLocation::identity`).
     pub store_id: String,
     pub cache_dir: PathBuf,
@@ -62,6 +69,7 @@ pub struct EngineCore {
     index: Arc<ChunkIndex>,
     reader: Arc<TieredReader>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    writes: WriteSide,
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     /// Open handles per inode that read through tierfs. The kernel refuses a
     /// passthrough open of an inode that has such handles, so none is offered then.
@@ -73,6 +81,8 @@ pub struct EngineCore {
 }
 
 impl EngineCore {
+    /// Opens the cache and the registry; must run inside the tokio runtime,
+    /// which resumes the uploads that a restart finds.
     pub fn start(config: EngineConfig) -> FsResult<Arc<EngineCore>> {
         let EngineConfig {
             store,
@@ -89,12 +99,22 @@ impl EngineCore {
             options.cache_size,
             options.cache_min_free,
         )?);
-        let reader = TieredReader::new(store.clone(), nvme, &options);
+        let reader = TieredReader::new(store.objects.clone(), nvme, &options);
+        let registry = Arc::new(WriteRegistry::new(index.clone()));
+        let staging = Arc::new(StagingArea::open(&cache_dir)?);
+        let uploader = Arc::new(Uploader::new(
+            store.clone(),
+            registry.clone(),
+            staging.clone(),
+            options.upload_concurrency,
+            options.upload_bandwidth,
+        ));
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Ok(Arc::new(EngineCore {
-            store,
+        let core = Arc::new(EngineCore {
+            store: store.objects,
             store_id,
+            writes: WriteSide::new(registry, staging, uploader),
             uid: options.uid.unwrap_or(uid),
             gid: options.gid.unwrap_or(gid),
             ns: Namespace::new(options.metadata_ttl),
@@ -107,7 +127,48 @@ impl EngineCore {
             cached_opens: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             stats: EngineStats::default(),
-        }))
+        });
+        core.recover_writes()?;
+        Ok(core)
+    }
+
+    pub(crate) fn writes(&self) -> &WriteSide {
+        &self.writes
+    }
+
+    pub(crate) fn ns(&self) -> &Namespace {
+        &self.ns
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub(crate) fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    pub fn options(&self) -> &MountOptions {
+        &self.options
+    }
+
+    /// Names an object (not a version of it) in the chunk index.
+    pub(crate) fn object_id(&self, key: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(format!("{}\0{}", self.store_id, key).as_bytes())
+    }
+
+    /// Bytes written through the mount that the store does not have verified yet.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.writes.dirty_bytes()
+    }
+
+    /// Uploads queued or running.
+    pub fn pending_uploads(&self) -> usize {
+        self.writes.pending_uploads()
+    }
+
+    pub fn uploader(&self) -> &Uploader {
+        &self.writes.uploader
     }
 
     pub fn reader(&self) -> &Arc<TieredReader> {
@@ -138,11 +199,11 @@ impl EngineCore {
         }
     }
 
-    fn node(&self, ino: u64) -> FsResult<Node> {
+    pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
         self.ns.node(ino).ok_or(FsError::NotFound)
     }
 
-    fn dir_node(&self, ino: u64) -> FsResult<Node> {
+    pub(crate) fn dir_node(&self, ino: u64) -> FsResult<Node> {
         let node = self.node(ino)?;
         if node.kind != FileKind::Directory {
             return Err(FsError::NotADirectory);
@@ -209,13 +270,16 @@ impl EngineCore {
     /// Opens a file at the version the store has now. When the parent's listing
     /// is stale the object is checked with a HEAD; if the store cannot be reached
     /// the last known version is served, so cached files stay readable offline.
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<Opened> {
-        if write {
-            return Err(FsError::ReadOnly);
-        }
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
         let mut node = self.node(ino)?;
         if node.kind == FileKind::Directory {
             return Err(FsError::IsADirectory);
+        }
+        if write {
+            self.writable()?;
+        }
+        if write || node.staged.is_some() {
+            return self.open_staged(node, write, truncate).await;
         }
         if self
             .ns
@@ -259,7 +323,9 @@ impl EngineCore {
         };
         let open = OpenFile {
             ino,
-            version,
+            version: Some(version),
+            staged: None,
+            writer: false,
             readahead: Mutex::new(ReadaheadState::default()),
             widest_window: AtomicU64::new(0),
             passthrough: AtomicBool::new(backing.is_some()),
@@ -272,27 +338,103 @@ impl EngineCore {
         })
     }
 
+    /// Opens a file through its staging file, staging it first for a write.
+    async fn open_staged(&self, node: Node, write: bool, truncate: bool) -> FsResult<Opened> {
+        let mut node = node;
+        let staged = loop {
+            let staged = match node.staged {
+                Some(id) => self.staged_file(id, node.ino)?,
+                None => {
+                    let staged = self
+                        .stage_new(node.ino, &node.path, (!truncate).then_some(&node))
+                        .await?;
+                    self.ns.update(node.ino, |n| n.staged = Some(staged.id));
+                    staged
+                }
+            };
+            if !write || self.add_writer(&staged) {
+                break staged;
+            }
+            // Uploaded and adopted just now: stage it again from the store.
+            node = self.node(node.ino)?;
+        };
+        if truncate && staged.size() > 0 {
+            self.truncate_staged(&staged, 0)?;
+        }
+        Ok(self.add_staged_handle(node.ino, staged, write))
+    }
+
+    pub(crate) fn add_staged_handle(
+        &self,
+        ino: u64,
+        staged: Arc<StagedFile>,
+        writer: bool,
+    ) -> Opened {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.last_opened.lock().remove(&ino);
+        let open = OpenFile {
+            ino,
+            version: None,
+            staged: Some(staged),
+            writer,
+            readahead: Mutex::new(ReadaheadState::default()),
+            widest_window: AtomicU64::new(0),
+            passthrough: AtomicBool::new(false),
+        };
+        self.files.lock().insert(fh, Arc::new(open));
+        Opened {
+            fh,
+            keep_cache: false,
+            backing: None,
+        }
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    /// The staged file a handle writes, for the write path.
+    pub(crate) fn writable_handle(&self, fh: u64) -> FsResult<Arc<StagedFile>> {
+        let open = self.handle(fh)?;
+        match (&open.staged, open.writer) {
+            (Some(staged), true) => Ok(staged.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
+    pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
+        match self.handle(fh)?.staged.clone() {
+            Some(staged) => self.fsync_staged(&staged).await,
+            None => Ok(()),
+        }
+    }
+
     /// A handle offered passthrough reads through tierfs after all.
     pub fn end_passthrough(&self, fh: u64) {
         let open = self.files.lock().get(&fh).cloned();
         if let Some(open) = open
+            && let Some(version) = &open.version
             && open.passthrough.swap(false, Ordering::Relaxed)
         {
-            self.reader.nvme().unhold(open.version.id);
+            self.reader.nvme().unhold(version.id);
             *self.cached_opens.lock().entry(open.ino).or_default() += 1;
         }
     }
 
     /// The cache identity of a file's current version; binding it drops the
     /// chunks of the version before it when the ETag changed.
-    fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
+    pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
         let tag = match &node.etag {
             Some(etag) => etag.clone(),
             None => format!("{}:{:?}", node.size, node.mtime),
         };
         let id = FileId::new(&self.store_id, &node.path, &tag, self.options.chunk_size);
-        let object =
-            xxhash_rust::xxh3::xxh3_128(format!("{}\0{}", self.store_id, node.path).as_bytes());
+        let object = self.object_id(&node.path);
         if let Some(old) = self.index.bind_object(object, id)? {
             tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");
             self.reader.nvme().drop_file(old)?;
@@ -306,13 +448,19 @@ impl EngineCore {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let open = self
-            .files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))?;
-        let file = &open.version;
+        let open = self.handle(fh)?;
+        if let Some(staged) = &open.staged {
+            let staged = staged.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                crate::staging::read_at(&staged.file, offset, size as u64)
+            })
+            .await
+            .map_err(|e| FsError::Cache(e.to_string()))??;
+            return Ok(Bytes::from(data));
+        }
+        let Some(file) = &open.version else {
+            return Err(FsError::BadHandle(fh));
+        };
         let chunk_size = self.options.chunk_size;
         let end = (offset + size as u64).min(file.size);
         if self.options.prefetch_max > 0 && end > offset {
@@ -340,18 +488,25 @@ impl EngineCore {
         self.reader.read(file, offset, size as u64).await
     }
 
-    pub fn release(&self, fh: u64) {
+    pub fn release(self: &Arc<Self>, fh: u64) {
         let Some(open) = self.files.lock().remove(&fh) else {
             return;
         };
+        if let Some(staged) = &open.staged {
+            self.release_staged(staged, open.writer);
+            return;
+        }
+        let Some(version) = &open.version else {
+            return;
+        };
         tracing::debug!(
-            path = %open.version.path,
+            path = %version.path,
             widest_readahead = open.widest_window.load(Ordering::Relaxed),
             passthrough = open.passthrough.load(Ordering::Relaxed),
             "file closed"
         );
         if open.passthrough.load(Ordering::Relaxed) {
-            self.reader.nvme().unhold(open.version.id);
+            self.reader.nvme().unhold(version.id);
         } else {
             let mut cached_opens = self.cached_opens.lock();
             if let Some(n) = cached_opens.get_mut(&open.ino) {
@@ -366,10 +521,13 @@ impl EngineCore {
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
         let nvme = self.reader.nvme();
+        let free = nvme
+            .budget()
+            .saturating_sub(nvme.used() + self.writes.dirty_bytes());
         StatFs {
             blocks: nvme.budget() / bsize,
-            bfree: nvme.budget().saturating_sub(nvme.used()) / bsize,
-            bavail: nvme.budget().saturating_sub(nvme.used()) / bsize,
+            bfree: free / bsize,
+            bavail: free / bsize,
             files: self.ns.node_count(),
             ffree: u32::MAX as u64,
             bsize: bsize as u32,
@@ -379,7 +537,10 @@ impl EngineCore {
 
     /// The file version an open handle reads, for tests and tools.
     pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
-        self.files.lock().get(&fh).map(|open| open.version.clone())
+        self.files
+            .lock()
+            .get(&fh)
+            .and_then(|open| open.version.clone())
     }
 
     pub fn cache_file(&self, id: FileId) -> PathBuf {
@@ -389,103 +550,4 @@ impl EngineCore {
 
 fn node_name(node: &Node) -> String {
     node.path.rsplit('/').next().unwrap_or("").to_string()
-}
-
-/// The engine as the FUSE adapter sees it: each call runs on the runtime.
-#[derive(Clone)]
-pub struct Engine {
-    core: Arc<EngineCore>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Engine {
-    pub fn new(core: Arc<EngineCore>, runtime: tokio::runtime::Handle) -> Engine {
-        Engine { core, runtime }
-    }
-
-    fn spawn<T, F>(&self, reply: Reply<T>, work: impl FnOnce(Arc<EngineCore>) -> F)
-    where
-        T: Send + 'static,
-        F: Future<Output = FsResult<T>> + Send + 'static,
-    {
-        let fut = work(self.core.clone());
-        self.runtime
-            .spawn(async move { answer(reply, fut.await) }.instrument(tracing::Span::current()));
-    }
-}
-
-fn answer<T>(reply: Reply<T>, result: FsResult<T>) {
-    if let Err(e) = &result {
-        match e {
-            FsError::NotFound | FsError::NoAttribute | FsError::Unlistable(_) => {
-                tracing::debug!("{e}")
-            }
-            _ => tracing::warn!("{e}"),
-        }
-    }
-    reply(result.map_err(|e| e.errno()))
-}
-
-impl FsEngine for Engine {
-    fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::NotFound));
-        };
-        self.spawn(reply, |core| async move {
-            let node = core.lookup(parent, &name).await?;
-            Ok(core.entry(&node))
-        });
-    }
-
-    fn forget(&self, _ino: u64, _nlookup: u64) {
-        // Inode numbers live as long as the mount (see namespace.rs).
-    }
-
-    fn getattr(&self, ino: u64, reply: Reply<Entry>) {
-        answer(reply, self.core.node(ino).map(|n| self.core.entry(&n)));
-    }
-
-    fn opendir(&self, ino: u64, reply: Reply<u64>) {
-        self.spawn(reply, |core| async move { core.opendir(ino).await });
-    }
-
-    fn readdir(&self, _ino: u64, fh: u64, reply: Reply<Arc<[DirEntry]>>) {
-        answer(reply, self.core.readdir(fh));
-    }
-
-    fn releasedir(&self, _ino: u64, fh: u64) {
-        self.core.releasedir(fh);
-    }
-
-    fn open(&self, ino: u64, write: bool, reply: Reply<Opened>) {
-        self.spawn(reply, |core| async move { core.open(ino, write).await });
-    }
-
-    fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>) {
-        self.spawn(
-            reply,
-            |core| async move { core.read(fh, offset, size).await },
-        );
-    }
-
-    fn release(&self, _ino: u64, fh: u64, reply: Reply<()>) {
-        self.core.release(fh);
-        answer(reply, Ok(()));
-    }
-
-    fn passthrough_refused(&self, fh: u64) {
-        self.core.end_passthrough(fh);
-    }
-
-    fn statfs(&self, reply: Reply<StatFs>) {
-        answer(reply, Ok(self.core.statfs()));
-    }
-
-    fn getxattr(&self, ino: u64, _name: &OsStr, reply: Reply<Vec<u8>>) {
-        answer(reply, self.core.node(ino).and(Err(FsError::NoAttribute)));
-    }
-
-    fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>) {
-        answer(reply, self.core.node(ino).map(|_| Vec::new()));
-    }
 }

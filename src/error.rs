@@ -30,6 +30,20 @@ pub enum FsError {
     ReadOnly,
     #[error("no such attribute")]
     NoAttribute,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("bad name {0}")]
+    InvalidName(String),
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no space: {0}")]
+    NoSpace(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 impl FsError {
@@ -47,6 +61,12 @@ impl FsError {
             | FsError::Unlistable(_) => libc::EIO,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttribute => libc::ENODATA,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::InvalidName(_) | FsError::InvalidArgument(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NoSpace(_) => libc::ENOSPC,
+            FsError::Unsupported(_) => libc::EPERM,
         })
     }
 

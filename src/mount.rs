@@ -8,16 +8,14 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::ObjectStore;
-
 use crate::cli::MountArgs;
-use crate::engine::{Engine, EngineConfig, EngineCore};
+use crate::engine::{EngineConfig, EngineCore};
 use crate::error::error_chain;
+use crate::fs_engine::Engine;
 use crate::options::MountOptions;
-use crate::store::StoreLocation;
+use crate::store::{StoreClient, StoreLocation};
 
 /// The descriptor on which a background child says "ready" or why it failed.
 const READY_FD_ENV: &str = "TIERFS_READY_FD";
@@ -74,14 +72,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Builds the store client and makes one request with a short retry budget, so
 /// that a missing bucket or a dead endpoint is an error before mounting.
-pub async fn connect(p: &Prepared) -> Result<Arc<dyn ObjectStore>, String> {
+pub async fn connect(p: &Prepared) -> Result<StoreClient, String> {
     let probe_timeout = p.options.fetch_timeout.min(Duration::from_secs(10));
     let probe = p
         .location
         .build(&p.options, 1, probe_timeout)
         .map_err(|e| e.to_string())?;
     p.location
-        .probe(probe.as_ref(), &p.options)
+        .probe(probe.objects.as_ref(), &p.options)
         .await
         .map_err(|e| e.to_string())?;
     p.location
@@ -209,11 +207,7 @@ fn init_logging() {
 }
 
 /// Mounts in this process and serves until unmounted or signalled.
-fn serve(
-    p: Prepared,
-    store: Arc<dyn ObjectStore>,
-    runtime: tokio::runtime::Runtime,
-) -> Result<(), String> {
+fn serve(p: Prepared, store: StoreClient, runtime: tokio::runtime::Runtime) -> Result<(), String> {
     init_logging();
     let result = serve_inner(p, store, &runtime);
     if let Err(message) = &result {
@@ -225,10 +219,12 @@ fn serve(
 
 fn serve_inner(
     p: Prepared,
-    store: Arc<dyn ObjectStore>,
+    store: StoreClient,
     runtime: &tokio::runtime::Runtime,
 ) -> Result<(), String> {
     let store_id = p.location.identity(&p.options);
+    // Uploads found in the registry are resumed on the runtime.
+    let _runtime = runtime.enter();
     let core = EngineCore::start(EngineConfig {
         store,
         store_id,

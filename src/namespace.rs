@@ -13,6 +13,10 @@ use object_store::{ListResult, ObjectMeta};
 use parking_lot::Mutex;
 use tierfs_fuse::{DirEntry, FileKind};
 
+mod local;
+
+pub use local::valid_name;
+
 pub const ROOT_INO: u64 = 1;
 const MAX_NAME: usize = 255;
 
@@ -27,6 +31,9 @@ pub struct Node {
     pub size: u64,
     pub mtime: SystemTime,
     pub etag: Option<String>,
+    /// The staging file of a file written through the mount and not yet
+    /// verified in the store; its local bytes are the file's contents.
+    pub staged: Option<u64>,
 }
 
 struct Listing {
@@ -41,6 +48,9 @@ struct Tables {
     listings: HashMap<u64, Listing>,
     next_ino: u64,
     warned: HashSet<String>,
+    /// Children that exist only here (files being written, directories made
+    /// through the mount), shown in every listing of their directory.
+    local: HashMap<u64, HashMap<String, u64>>,
 }
 
 pub struct Namespace {
@@ -49,7 +59,7 @@ pub struct Namespace {
     mounted_at: SystemTime,
 }
 
-fn join(dir: &str, name: &str) -> String {
+pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
     } else {
@@ -83,6 +93,7 @@ impl Namespace {
             size: 0,
             mtime: now,
             etag: None,
+            staged: None,
         };
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, root);
@@ -95,6 +106,7 @@ impl Namespace {
                 listings: HashMap::new(),
                 next_ino: ROOT_INO + 1,
                 warned: HashSet::new(),
+                local: HashMap::new(),
             }),
             ttl,
             mounted_at: now,
@@ -124,6 +136,9 @@ impl Namespace {
     /// and has no such name, `None` when the directory must be listed again.
     pub fn fresh_child(&self, dir: u64, name: &str) -> Option<Option<Node>> {
         let tables = self.tables.lock();
+        if let Some(node) = tables.local_child(dir, name) {
+            return Some(Some(node));
+        }
         let listing = tables.listings.get(&dir)?;
         if listing.listed_at.elapsed() >= self.ttl {
             return None;
@@ -139,6 +154,9 @@ impl Namespace {
     /// A child by the directory's last listing, however old.
     pub fn listed_child(&self, dir: u64, name: &str) -> Option<Node> {
         let tables = self.tables.lock();
+        if let Some(node) = tables.local_child(dir, name) {
+            return Some(node);
+        }
         let ino = tables.listings.get(&dir)?.children.get(name)?;
         tables.nodes.get(ino).cloned()
     }
@@ -200,6 +218,20 @@ impl Namespace {
                 name: name.to_string(),
                 kind: FileKind::File,
             });
+        }
+        let local: Vec<(String, u64)> = tables
+            .local
+            .get(&dir)
+            .map(|m| m.iter().map(|(n, i)| (n.clone(), *i)).collect())
+            .unwrap_or_default();
+        for (name, ino) in local {
+            let Some(kind) = tables.nodes.get(&ino).map(|n| n.kind) else {
+                continue;
+            };
+            if let Some(old) = children.insert(name.clone(), ino) {
+                entries.retain(|e| e.ino != old || e.name != name);
+            }
+            entries.push(DirEntry { ino, name, kind });
         }
         let entries: Arc<[DirEntry]> = Arc::from(entries);
         tables.listings.insert(
@@ -276,6 +308,10 @@ impl Tables {
         let key = (path, kind);
         if let Some(ino) = self.by_path.get(&key) {
             let node = self.nodes.get_mut(ino).expect("by_path and nodes agree");
+            if node.staged.is_some() {
+                // The local bytes are newer than anything the store lists.
+                return *ino;
+            }
             node.size = size;
             node.mtime = mtime;
             node.etag = etag;
@@ -291,6 +327,7 @@ impl Tables {
             size,
             mtime,
             etag,
+            staged: None,
         };
         self.nodes.insert(ino, node);
         self.by_path.insert(key, ino);

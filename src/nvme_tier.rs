@@ -336,6 +336,53 @@ impl NvmeTier {
         }
     }
 
+    /// Makes a staged file the cache file of version `file` (a hard link, no
+    /// copy) and returns the chunk records to commit with the upload. The chunks
+    /// count once committed and passed to [`NvmeTier::adopted`].
+    pub fn link_copy(
+        &self,
+        file: FileId,
+        staged: &Path,
+        layout: ChunkLayout,
+        digests: &[u128],
+    ) -> FsResult<Vec<(ChunkKey, ChunkRecord)>> {
+        self.files.lock().remove(&file);
+        let target = self.path_of(file);
+        match std::fs::remove_file(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        std::fs::hard_link(staged, &target)?;
+        let now = now_secs();
+        Ok(digests
+            .iter()
+            .enumerate()
+            .map(|(index, digest)| {
+                let index = index as u64;
+                (
+                    ChunkKey { file, index },
+                    ChunkRecord {
+                        digest: *digest,
+                        len: layout.chunk_len(index) as u32,
+                        last_access: now,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Counts chunks committed by [`NvmeTier::link_copy`], and evicts others if
+    /// they pushed the tier over its budget.
+    pub fn adopted(&self, chunks: &[(ChunkKey, ChunkRecord)]) {
+        for (key, record) in chunks {
+            self.recency.lock().touch(*key, record.len as u64);
+            self.mark_verified(key);
+        }
+        if let Err(e) = self.make_room(0) {
+            tracing::warn!("eviction after an upload failed: {e}");
+        }
+    }
+
     /// The cache file of a version, for tests and tools that inspect the cache.
     pub fn data_path(&self, file: FileId) -> PathBuf {
         self.path_of(file)

@@ -17,6 +17,15 @@ pub enum OptionError {
     ConfigFile { path: String, reason: String },
 }
 
+/// When `fsync` on a file written through the mount returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the staged bytes and their upload job are durable on local disk.
+    Local,
+    /// Once the object is uploaded and verified in the store.
+    Remote,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// Where the NVMe tier and the registry live; a per-user default when unset.
@@ -42,6 +51,14 @@ pub struct MountOptions {
     pub gid: Option<u32>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    pub durability: Durability,
+    /// Parts (chunks) uploaded at once, over all files.
+    pub upload_concurrency: u32,
+    /// Upload bandwidth in bytes per second; 0 is unlimited.
+    pub upload_bandwidth: u64,
+    /// How long a write waits for uploads to make room when the cache is full of
+    /// data not yet in the store, before it fails with ENOSPC.
+    pub dirty_wait: Duration,
 }
 
 impl Default for MountOptions {
@@ -65,6 +82,10 @@ impl Default for MountOptions {
             gid: None,
             endpoint: None,
             region: None,
+            durability: Durability::Local,
+            upload_concurrency: 8,
+            upload_bandwidth: 0,
+            dirty_wait: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +249,22 @@ impl MountOptions {
                 self.endpoint = Some(v.to_string())
             }
             "region" => self.region = Some(v.to_string()),
+            "durability" => {
+                self.durability = match v {
+                    "local" => Durability::Local,
+                    "remote" => Durability::Remote,
+                    _ => return Err(invalid(name, format!("'{v}' is not local or remote"))),
+                }
+            }
+            "upload_concurrency" => {
+                let n = number(v)?;
+                if !(1..=256).contains(&n) {
+                    return Err(invalid(name, format!("'{v}' must be between 1 and 256")));
+                }
+                self.upload_concurrency = n;
+            }
+            "upload_bandwidth" => self.upload_bandwidth = size(v)?,
+            "dirty_wait" => self.dirty_wait = duration(v)?,
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
         Ok(())
@@ -246,6 +283,16 @@ impl MountOptions {
             format!("prefetch_max={}", self.prefetch_max),
             format!("fetch_concurrency={}", self.fetch_concurrency),
             format!("fuse_threads={}", self.fuse_threads),
+            format!(
+                "durability={}",
+                match self.durability {
+                    Durability::Local => "local",
+                    Durability::Remote => "remote",
+                }
+            ),
+            format!("upload_concurrency={}", self.upload_concurrency),
+            format!("upload_bandwidth={}", format_size(self.upload_bandwidth)),
+            format!("dirty_wait={}", format_duration(self.dirty_wait)),
         ];
         if let Some(dir) = &self.cache_dir {
             items.push(format!("cache_dir={}", dir.display()));
@@ -318,6 +365,9 @@ mod tests {
             ("fuse_threads=0", "must be between 1 and 256"),
             ("fetch_concurrency=0", "must be between 1 and 1024"),
             ("prefetch_max=-3", "'-3' is not a whole number"),
+            ("durability=cloud", "'cloud' is not local or remote"),
+            ("upload_concurrency=0", "must be between 1 and 256"),
+            ("upload_bandwidth=fast", "'fast' is not a size"),
         ];
         for (input, expected) in cases {
             let err = parse(input).unwrap_err().to_string();
@@ -378,9 +428,10 @@ mod tests {
             proptest::option::of("[a-z0-9/_]{1,20}"),
             proptest::option::of("http://[a-z0-9.]{1,12}:[0-9]{2,5}"),
             proptest::option::of("[a-z]{2}-[a-z]{4,9}-[1-3]"),
+            (any::<bool>(), 1u32..=256, 0u64..1 << 40, 0u64..100_000),
         )
             .prop_map(
-                |(sizes, times, fetch, flags, dir, endpoint, region)| MountOptions {
+                |(sizes, times, fetch, flags, dir, endpoint, region, upload)| MountOptions {
                     cache_dir: dir.map(|d| PathBuf::from(format!("/{d}"))),
                     cache_size: sizes.0,
                     cache_min_free: sizes.1,
@@ -399,6 +450,14 @@ mod tests {
                     gid: flags.2.map(|g| g / 2),
                     endpoint,
                     region,
+                    durability: if upload.0 {
+                        Durability::Remote
+                    } else {
+                        Durability::Local
+                    },
+                    upload_concurrency: upload.1,
+                    upload_bandwidth: upload.2,
+                    dirty_wait: Duration::from_millis(upload.3),
                 },
             )
     }

@@ -9,6 +9,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
@@ -20,6 +21,51 @@ use crate::options::MountOptions;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct StoreError(pub String);
+
+/// A client for one store, with the extra handles the write path needs.
+#[derive(Clone)]
+pub struct StoreClient {
+    pub objects: Arc<dyn ObjectStore>,
+    /// The low-level multipart API, so that an upload can be resumed by its id
+    /// after a restart. Local directories have none.
+    pub multipart: Option<Arc<dyn MultipartStore>>,
+    /// The directory behind a local store.
+    pub local_root: Option<PathBuf>,
+}
+
+impl StoreClient {
+    /// A store over a local directory.
+    pub fn local(dir: &FsPath) -> Result<StoreClient, StoreError> {
+        check_local_dir(dir)?;
+        let root = std::fs::canonicalize(dir)
+            .map_err(|e| StoreError(format!("store directory {}: {e}", dir.display())))?;
+        let store =
+            LocalFileSystem::new_with_prefix(&root).map_err(|e| StoreError(error_chain(&e)))?;
+        Ok(StoreClient {
+            objects: Arc::new(store),
+            multipart: None,
+            local_root: Some(root),
+        })
+    }
+
+    fn remote<T: ObjectStore + MultipartStore>(store: T, prefix: &str) -> StoreClient {
+        if prefix.is_empty() {
+            let store = Arc::new(store);
+            StoreClient {
+                objects: store.clone(),
+                multipart: Some(store),
+                local_root: None,
+            }
+        } else {
+            let store = Arc::new(PrefixStore::new(store, Path::from(prefix)));
+            StoreClient {
+                objects: store.clone(),
+                multipart: Some(store),
+                local_root: None,
+            }
+        }
+    }
+}
 
 /// A parsed STORE argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +140,7 @@ impl StoreLocation {
         options: &MountOptions,
         retries: u32,
         timeout: Duration,
-    ) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    ) -> Result<StoreClient, StoreError> {
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(50),
@@ -114,12 +160,8 @@ impl StoreLocation {
                     .is_some_and(|e| e.starts_with("http://")),
             );
         let failed = |e: object_store::Error| StoreError(error_chain(&e));
-        let (store, prefix): (Arc<dyn ObjectStore>, &str) = match self {
-            StoreLocation::Local(dir) => {
-                check_local_dir(dir)?;
-                let store = LocalFileSystem::new_with_prefix(dir).map_err(failed)?;
-                return Ok(Arc::new(store));
-            }
+        match self {
+            StoreLocation::Local(dir) => StoreClient::local(dir),
             StoreLocation::S3 { bucket, prefix } => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
@@ -146,32 +188,34 @@ impl StoreLocation {
                 if let Some(endpoint) = &options.endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
-                (Arc::new(builder.build().map_err(failed)?), prefix)
+                Ok(StoreClient::remote(
+                    builder.build().map_err(failed)?,
+                    prefix,
+                ))
             }
             StoreLocation::Gcs { bucket, prefix } => {
                 let builder = GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
                     .with_client_options(client);
-                (Arc::new(builder.build().map_err(failed)?), prefix)
+                Ok(StoreClient::remote(
+                    builder.build().map_err(failed)?,
+                    prefix,
+                ))
             }
             StoreLocation::Azure { container, prefix } => {
                 let builder = MicrosoftAzureBuilder::from_env()
                     .with_container_name(container)
                     .with_retry(retry)
                     .with_client_options(client);
-                (Arc::new(builder.build().map_err(failed)?), prefix)
+                Ok(StoreClient::remote(
+                    builder.build().map_err(failed)?,
+                    prefix,
+                ))
             }
-        };
-        if prefix.is_empty() {
-            Ok(store)
-        } else {
-            Ok(Arc::new(PrefixStore::new(store, Path::from(prefix))))
         }
     }
 
-    /// One listing request, so that a missing bucket, bad credentials or an
-    /// unreachable endpoint are reported before anything is mounted.
     pub async fn probe(
         &self,
         store: &dyn ObjectStore,

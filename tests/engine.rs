@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::random_bytes;
-use object_store::local::LocalFileSystem;
 use tierfs::engine::{EngineConfig, EngineCore};
 use tierfs::namespace::ROOT_INO;
 use tierfs::options::MountOptions;
-use tierfs::store::StoreLocation;
+use tierfs::store::{StoreClient, StoreLocation};
 use tierfs_fuse::FileKind;
 
 const CHUNK: u64 = 64 << 10;
@@ -29,7 +28,7 @@ fn options(ttl: Duration) -> MountOptions {
 
 fn core(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> Arc<EngineCore> {
     EngineCore::start(EngineConfig {
-        store: Arc::new(LocalFileSystem::new_with_prefix(store_dir).unwrap()),
+        store: StoreClient::local(store_dir).unwrap(),
         store_id: format!("file://{}", store_dir.display()),
         cache_dir: cache.to_path_buf(),
         options: options(ttl),
@@ -46,7 +45,7 @@ async fn open_path(core: &EngineCore, path: &str) -> u64 {
             .unwrap_or_else(|e| panic!("lookup {part} in {path}: {e}"))
             .ino;
     }
-    core.open(ino, false).await.unwrap().fh
+    core.open(ino, false, false).await.unwrap().fh
 }
 
 async fn wait_for_nvme(core: &EngineCore, bytes: u64) {
@@ -190,7 +189,7 @@ fn core_with(
     let mut options = options(Duration::from_secs(60));
     tune(&mut options);
     EngineCore::start(EngineConfig {
-        store: Arc::new(LocalFileSystem::new_with_prefix(store_dir).unwrap()),
+        store: StoreClient::local(store_dir).unwrap(),
         store_id: format!("file://{}", store_dir.display()),
         cache_dir: cache.to_path_buf(),
         options,

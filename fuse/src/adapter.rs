@@ -15,11 +15,14 @@ use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 use tracing::debug_span;
 
-use crate::engine::{Attr, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs};
+use crate::engine::{
+    Attr, AttrChange, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply, StatFs,
+};
 
 /// How the kernel mount is set up.
 #[derive(Debug, Clone)]
@@ -156,6 +159,7 @@ error_reply!(
     ReplyDirectory,
     ReplyEmpty,
     ReplyStatfs,
+    ReplyWrite,
     ReplyXattr
 );
 
@@ -187,8 +191,11 @@ fn reply_xattr(reply: ReplyXattr, size: u32) -> Reply<Vec<u8>> {
     })
 }
 
-fn read_only(reply: impl ErrorReply) {
-    reply.fail(fuser::Errno::EROFS)
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
 }
 
 impl<E: FsEngine + Clone> FuseAdapter<E> {
@@ -212,6 +219,9 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         if let Err(nearest) = config.set_max_background(self.max_background) {
             let _ = config.set_max_background(nearest);
         }
+        // O_TRUNC arrives with open, so a truncating open never copies the old
+        // contents first.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         // Passthrough needs the kernel's capability, and stacking depth for backing
         // files that may themselves sit on a stacked file system (overlayfs).
         let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -306,12 +316,15 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = debug_span!("open", ino = ino.0, ?flags).entered();
-        let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let mode = OpenMode {
+            write: !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY),
+            truncate: flags.0 & libc::O_TRUNC != 0,
+        };
         let passthrough = self.passthrough.clone();
         let engine_refusal = self.engine_refusal();
         self.engine.open(
             ino.0,
-            write,
+            mode,
             answer(reply, move |reply: ReplyOpen, opened: Opened| {
                 let mut fopen = FopenFlags::empty();
                 if opened.keep_cache {
@@ -396,6 +409,58 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply.ok();
     }
 
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _span =
+            debug_span!("write", ino = ino.0, fh = fh.0, offset, size = data.len()).entered();
+        self.engine.write(
+            ino.0,
+            fh.0,
+            offset,
+            data,
+            answer(reply, |reply: ReplyWrite, n: u32| reply.written(n)),
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("fsync", ino = ino.0, fh = fh.0, datasync).entered();
+        self.engine.fsync(
+            ino.0,
+            fh.0,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are recorded durably when they are made.
+        let _span = debug_span!("fsyncdir", ino = ino.0, fh = fh.0).entered();
+        reply.ok();
+    }
+
     fn release(
         &self,
         _req: &Request,
@@ -446,29 +511,37 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply.ok();
     }
 
-    // Writes reach the store through the write path; until a mount has one, every
-    // change to the namespace or to file contents is refused as on a read-only mount.
-
     fn setattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _span = debug_span!("setattr", ino = ino.0).entered();
-        read_only(reply)
+        let _span = debug_span!("setattr", ino = ino.0, ?size, ?mode, ?uid, ?gid, ?mtime).entered();
+        let change = AttrChange {
+            size,
+            mtime: mtime.map(time),
+        };
+        self.engine.setattr(
+            ino.0,
+            fh.map(|fh| fh.0),
+            change,
+            answer(reply, |reply: ReplyAttr, e: Entry| {
+                reply.attr(&e.ttl, &file_attr(&e.attr))
+            }),
+        );
     }
 
     fn mkdir(
@@ -481,17 +554,31 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyEntry,
     ) {
         let _span = debug_span!("mkdir", parent = parent.0, ?name).entered();
-        read_only(reply)
+        self.engine.mkdir(
+            parent.0,
+            name,
+            answer(reply, |reply: ReplyEntry, e: Entry| {
+                reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0))
+            }),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = debug_span!("unlink", parent = parent.0, ?name).entered();
-        read_only(reply)
+        self.engine.unlink(
+            parent.0,
+            name,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = debug_span!("rmdir", parent = parent.0, ?name).entered();
-        read_only(reply)
+        self.engine.rmdir(
+            parent.0,
+            name,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
     }
 
     fn rename(
@@ -499,13 +586,33 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span = debug_span!("rename", parent = parent.0, ?name).entered();
-        read_only(reply)
+        let _span = debug_span!(
+            "rename",
+            parent = parent.0,
+            ?name,
+            newparent = newparent.0,
+            ?newname,
+            ?flags
+        )
+        .entered();
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return reply.fail(errno(self.engine.unsupported("exchanging renames")));
+        }
+        self.engine.rename(
+            parent.0,
+            name,
+            newparent.0,
+            newname,
+            flags.contains(RenameFlags::RENAME_NOREPLACE),
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
     }
 
     fn create(
@@ -519,7 +626,57 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyCreate,
     ) {
         let _span = debug_span!("create", parent = parent.0, ?name).entered();
-        read_only(reply)
+        self.engine.create(
+            parent.0,
+            name,
+            answer(reply, |reply: ReplyCreate, (e, opened): (Entry, Opened)| {
+                reply.created(
+                    &e.ttl,
+                    &file_attr(&e.attr),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    FopenFlags::empty(),
+                )
+            }),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let _span = debug_span!("link", ino = ino.0, newparent = newparent.0, ?newname).entered();
+        reply.fail(errno(self.engine.unsupported("hard links")))
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let _span = debug_span!("symlink", parent = parent.0, ?link_name).entered();
+        reply.fail(errno(self.engine.unsupported("symbolic links")))
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = debug_span!("mknod", parent = parent.0, ?name).entered();
+        reply.fail(errno(self.engine.unsupported("device nodes and fifos")))
     }
 
     fn setxattr(

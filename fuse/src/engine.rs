@@ -86,6 +86,21 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    /// O_TRUNC: the file starts empty.
+    pub truncate: bool,
+}
+
+/// The attributes a setattr changes; the rest are left as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttrChange {
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
 /// The filesystem operations tierfs serves. Inode 1 is the root.
 pub trait FsEngine: Send + Sync + 'static {
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>);
@@ -95,7 +110,30 @@ pub trait FsEngine: Send + Sync + 'static {
     /// The whole snapshot of a directory taken at `opendir`; the adapter pages it.
     fn readdir(&self, ino: u64, fh: u64, reply: Reply<Arc<[DirEntry]>>);
     fn releasedir(&self, ino: u64, fh: u64);
-    fn open(&self, ino: u64, write: bool, reply: Reply<Opened>);
+    fn open(&self, ino: u64, mode: OpenMode, reply: Reply<Opened>);
+    /// Creates a file (or truncates one the kernel did not know) and opens it
+    /// for writing.
+    fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>);
+    fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], reply: Reply<u32>);
+    /// `fh` is the handle the change came through, when it came through one.
+    fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>);
+    fn fsync(&self, ino: u64, fh: u64, reply: Reply<()>);
+    fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>);
+    fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>);
+    fn rmdir(&self, parent: u64, name: &OsStr, reply: Reply<()>);
+    /// `no_replace`: RENAME_NOREPLACE, fail when the target exists.
+    fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+        reply: Reply<()>,
+    );
+    /// The errno for an operation tierfs does not offer (hard links, symlinks,
+    /// device nodes), logged once per kind.
+    fn unsupported(&self, what: &'static str) -> Errno;
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>);
     fn release(&self, ino: u64, fh: u64, reply: Reply<()>);
     /// The kernel refused passthrough for a handle that offered a backing file;

@@ -9,5 +9,6 @@ mod engine;
 
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
-    Attr, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, Opened, Reply, StatFs, reply_fn,
+    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply,
+    StatFs, reply_fn,
 };

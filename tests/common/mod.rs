@@ -411,3 +411,62 @@ fn run_script(interpreter: &Path, script: &str, context: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+impl Backend {
+    /// The bytes of an object, or None when the store does not have it.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self {
+            Backend::Local(dir) => std::fs::read(dir.path().join(key)).ok(),
+            Backend::S3(s) => {
+                let client = s.client();
+                let path = ObjectPath::parse(format!("models/{key}")).unwrap();
+                block_on(async move {
+                    let got = client.get(&path).await.ok()?;
+                    Some(got.bytes().await.ok()?.to_vec())
+                })
+            }
+        }
+    }
+
+    /// Every key in the store, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        match self {
+            Backend::Local(dir) => {
+                let out = sh(&format!(
+                    "cd {} && find . -type f | sed 's|^./||' | sort",
+                    dir.path().display()
+                ));
+                out.lines().map(str::to_string).collect()
+            }
+            Backend::S3(s) => {
+                let client = s.client();
+                let prefix = ObjectPath::parse("models").unwrap();
+                let mut keys: Vec<String> = block_on(async move {
+                    client
+                        .list(Some(&prefix))
+                        .map_ok(|m| m.location.to_string()["models/".len()..].to_string())
+                        .try_collect()
+                        .await
+                        .unwrap()
+                });
+                keys.sort();
+                keys
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,222 @@
+//! The engine as the FUSE adapter sees it: each [`FsEngine`] call becomes an
+//! [`EngineCore`] operation on the tokio runtime, answered when it finishes.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tierfs_fuse::{AttrChange, DirEntry, Entry, Errno, FsEngine, OpenMode, Opened, Reply, StatFs};
+use tracing::Instrument;
+
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+
+/// The engine as the FUSE adapter sees it: each call runs on the runtime.
+#[derive(Clone)]
+pub struct Engine {
+    core: Arc<EngineCore>,
+    runtime: tokio::runtime::Handle,
+    /// Unsupported operations already logged.
+    refused: Arc<Mutex<HashSet<&'static str>>>,
+}
+
+impl Engine {
+    pub fn new(core: Arc<EngineCore>, runtime: tokio::runtime::Handle) -> Engine {
+        Engine {
+            core,
+            runtime,
+            refused: Arc::default(),
+        }
+    }
+
+    fn spawn<T, F>(&self, reply: Reply<T>, work: impl FnOnce(Arc<EngineCore>) -> F)
+    where
+        T: Send + 'static,
+        F: Future<Output = FsResult<T>> + Send + 'static,
+    {
+        let fut = work(self.core.clone());
+        self.runtime
+            .spawn(async move { answer(reply, fut.await) }.instrument(tracing::Span::current()));
+    }
+}
+
+fn answer<T>(reply: Reply<T>, result: FsResult<T>) {
+    if let Err(e) = &result {
+        match e {
+            FsError::NotFound
+            | FsError::NoAttribute
+            | FsError::Unlistable(_)
+            | FsError::Exists
+            | FsError::NotEmpty => {
+                tracing::debug!("{e}")
+            }
+            _ => tracing::warn!("{e}"),
+        }
+    }
+    reply(result.map_err(|e| e.errno()))
+}
+
+impl FsEngine for Engine {
+    fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return answer(reply, Err(FsError::NotFound));
+        };
+        self.spawn(reply, |core| async move {
+            let node = core.lookup(parent, &name).await?;
+            Ok(core.entry(&node))
+        });
+    }
+
+    fn forget(&self, _ino: u64, _nlookup: u64) {
+        // Inode numbers live as long as the mount (see namespace.rs).
+    }
+
+    fn getattr(&self, ino: u64, reply: Reply<Entry>) {
+        answer(reply, self.core.node(ino).map(|n| self.core.entry(&n)));
+    }
+
+    fn opendir(&self, ino: u64, reply: Reply<u64>) {
+        self.spawn(reply, |core| async move { core.opendir(ino).await });
+    }
+
+    fn readdir(&self, _ino: u64, fh: u64, reply: Reply<Arc<[DirEntry]>>) {
+        answer(reply, self.core.readdir(fh));
+    }
+
+    fn releasedir(&self, _ino: u64, fh: u64) {
+        self.core.releasedir(fh);
+    }
+
+    fn open(&self, ino: u64, mode: OpenMode, reply: Reply<Opened>) {
+        self.spawn(reply, |core| async move {
+            core.open(ino, mode.write, mode.truncate).await
+        });
+    }
+
+    fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
+        };
+        self.spawn(reply, |core| async move {
+            let (node, staged) = core.create(parent, &name).await?;
+            let opened = core.add_staged_handle(node.ino, staged, true);
+            Ok((core.entry(&node), opened))
+        });
+    }
+
+    fn write(&self, _ino: u64, fh: u64, offset: u64, data: &[u8], reply: Reply<u32>) {
+        // A write to the local staging file is answered here, on the dispatch
+        // thread; only a write that must wait for room goes to the runtime.
+        let staged = match self.core.writable_handle(fh) {
+            Ok(staged) => staged,
+            Err(e) => return answer(reply, Err(e)),
+        };
+        match self.core.write_staged(&staged, offset, data) {
+            Err(FsError::NoSpace(_)) => {
+                let data = data.to_vec();
+                self.spawn(reply, |core| async move {
+                    core.write_when_room(&staged, offset, &data).await
+                });
+            }
+            result => answer(reply, result),
+        }
+    }
+
+    fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>) {
+        self.spawn(reply, |core| async move {
+            let node = core.setattr(ino, fh, change.size, change.mtime).await?;
+            Ok(core.entry(&node))
+        });
+    }
+
+    fn fsync(&self, _ino: u64, fh: u64, reply: Reply<()>) {
+        self.spawn(reply, |core| async move { core.fsync(fh).await });
+    }
+
+    fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
+        };
+        self.spawn(reply, |core| async move {
+            let node = core.mkdir(parent, &name).await?;
+            Ok(core.entry(&node))
+        });
+    }
+
+    fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return answer(reply, Err(FsError::NotFound));
+        };
+        self.spawn(
+            reply,
+            |core| async move { core.unlink(parent, &name).await },
+        );
+    }
+
+    fn rmdir(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return answer(reply, Err(FsError::NotFound));
+        };
+        self.spawn(reply, |core| async move { core.rmdir(parent, &name).await });
+    }
+
+    fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+        reply: Reply<()>,
+    ) {
+        let (Some(name), Some(new_name)) = (
+            name.to_str().map(str::to_string),
+            new_name.to_str().map(str::to_string),
+        ) else {
+            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
+        };
+        self.spawn(reply, |core| async move {
+            core.rename(parent, &name, new_parent, &new_name, no_replace)
+                .await
+        });
+    }
+
+    fn unsupported(&self, what: &'static str) -> Errno {
+        if self.refused.lock().insert(what) {
+            tracing::info!("{what} are not supported by tierfs");
+        }
+        FsError::Unsupported(what.to_string()).errno()
+    }
+
+    fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>) {
+        self.spawn(
+            reply,
+            |core| async move { core.read(fh, offset, size).await },
+        );
+    }
+
+    fn release(&self, _ino: u64, fh: u64, reply: Reply<()>) {
+        let _runtime = self.runtime.enter();
+        self.core.release(fh);
+        answer(reply, Ok(()));
+    }
+
+    fn passthrough_refused(&self, fh: u64) {
+        self.core.end_passthrough(fh);
+    }
+
+    fn statfs(&self, reply: Reply<StatFs>) {
+        answer(reply, Ok(self.core.statfs()));
+    }
+
+    fn getxattr(&self, ino: u64, _name: &OsStr, reply: Reply<Vec<u8>>) {
+        answer(reply, self.core.node(ino).and(Err(FsError::NoAttribute)));
+    }
+
+    fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>) {
+        answer(reply, self.core.node(ino).map(|_| Vec::new()));
+    }
+}

@@ -1,0 +1,179 @@
+//! Staging files: where bytes written through the mount live until the store has a
+//! verified copy. One file per written file under `cache_dir/staging`, named by a
+//! number that the write registry keys its record by.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::chunk::ChunkLayout;
+use crate::chunk_file::read_exact_at;
+
+/// What sealing a staged file found: its size and digests, whole and per chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedDigests {
+    pub size: u64,
+    /// xxh3-128 of the whole file.
+    pub digest: u128,
+    /// xxh3-128 of each chunk, as the NVMe tier checks them.
+    pub chunks: Vec<u128>,
+}
+
+pub struct StagingArea {
+    dir: PathBuf,
+    next_id: AtomicU64,
+}
+
+impl StagingArea {
+    pub fn open(cache_dir: &Path) -> io::Result<StagingArea> {
+        let dir = cache_dir.join("staging");
+        std::fs::create_dir_all(&dir)?;
+        let mut highest = 0;
+        for entry in std::fs::read_dir(&dir)? {
+            if let Some(id) = parse_name(&entry?.file_name().to_string_lossy()) {
+                highest = highest.max(id);
+            }
+        }
+        Ok(StagingArea {
+            dir,
+            next_id: AtomicU64::new(highest + 1),
+        })
+    }
+
+    /// Numbers from the registry are taken too, so that no number is reused while
+    /// a record may still name it.
+    pub fn reserve_above(&self, id: u64) {
+        self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+    }
+
+    pub fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016x}.data"))
+    }
+
+    /// A new, empty staging file.
+    pub fn create(&self) -> io::Result<(u64, File)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.path(id))?;
+        Ok((id, file))
+    }
+
+    pub fn open_file(&self, id: u64) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(id))
+    }
+
+    pub fn remove(&self, id: u64) {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(id, "cannot remove staging file: {e}")
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes staging files that no record names: left by a crash after their
+    /// upload was verified and recorded.
+    pub fn sweep(&self, live: &HashSet<u64>) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(id) = parse_name(&entry.file_name().to_string_lossy())
+                && !live.contains(&id)
+            {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    u64::from_str_radix(name.strip_suffix(".data")?, 16).ok()
+}
+
+/// Hashes a staged file: the whole file and each chunk, in one pass.
+pub fn seal_digests(file: &File, chunk_size: u64) -> io::Result<SealedDigests> {
+    let size = file.metadata()?.len();
+    let layout = ChunkLayout::new(chunk_size, size);
+    let mut whole = Xxh3::new();
+    let mut chunks = Vec::with_capacity(layout.chunk_count() as usize);
+    let mut buf = vec![0u8; chunk_size.min(size) as usize];
+    for index in 0..layout.chunk_count() {
+        let len = layout.chunk_len(index) as usize;
+        read_exact_at(file, &mut buf[..len], index * chunk_size)?;
+        whole.update(&buf[..len]);
+        chunks.push(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+    }
+    Ok(SealedDigests {
+        size,
+        digest: whole.digest128(),
+        chunks,
+    })
+}
+
+/// Reads up to `len` bytes at `offset`, fewer at the end of the file.
+pub fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let size = file.metadata()?.len();
+    let end = (offset + len).min(size);
+    if end <= offset {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; (end - offset) as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_hashes_whole_file_and_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::open(dir.path()).unwrap();
+        let (id, file) = area.create().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&data, 0).unwrap();
+        let sealed = seal_digests(&file, 4096).unwrap();
+        assert_eq!(sealed.size, 10_000);
+        assert_eq!(sealed.digest, xxhash_rust::xxh3::xxh3_128(&data));
+        assert_eq!(sealed.chunks.len(), 3);
+        assert_eq!(sealed.chunks[2], xxhash_rust::xxh3::xxh3_128(&data[8192..]));
+        assert_eq!(read_at(&file, 9_990, 100).unwrap(), &data[9_990..]);
+        // A new area after a restart does not reuse the number; sweep keeps it.
+        let again = StagingArea::open(dir.path()).unwrap();
+        let (next, _) = again.create().unwrap();
+        assert!(next > id);
+        assert_eq!(again.sweep(&HashSet::from([id])).unwrap(), 1);
+        assert!(area.path(id).exists() && !area.path(next).exists());
+    }
+
+    #[test]
+    fn empty_file_seals() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::open(dir.path()).unwrap();
+        let (_, file) = area.create().unwrap();
+        let sealed = seal_digests(&file, 4096).unwrap();
+        assert_eq!((sealed.size, sealed.chunks.len()), (0, 0));
+        assert_eq!(sealed.digest, xxhash_rust::xxh3::xxh3_128(b""));
+    }
+}

@@ -1,0 +1,571 @@
+//! The write path: files created or opened for writing go to a staging file in
+//! `cache_dir`; release and fsync seal them (digests and an upload job in one
+//! registry write); the uploader sends them to the store; once verified, the
+//! staging file becomes the NVMe copy of the new object version. Until then the
+//! bytes are dirty: no budget evicts them, and writes wait for room.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStoreExt;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+
+use crate::chunk::ChunkLayout;
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+use crate::options::Durability;
+use crate::staging::{StagingArea, seal_digests};
+use crate::uploader::{Skipped, Uploaded, Uploader};
+use crate::write_registry::{SealedUpload, StagedRecord, WriteRegistry};
+
+/// One staged file, shared by every handle open on it.
+pub struct StagedFile {
+    pub id: u64,
+    pub ino: u64,
+    pub file: File,
+    state: Mutex<StagedState>,
+    /// The newest seal generation verified in the store.
+    verified: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct StagedState {
+    size: u64,
+    /// Bumped by every change; a seal records the generation it hashed.
+    generation: u64,
+    sealed: u64,
+    writers: usize,
+    /// Unlinked, or replaced by a rename: never sealed or uploaded again.
+    gone: bool,
+    /// Uploaded and made the cached copy of the object: a new writer stages
+    /// a new file.
+    adopted: bool,
+}
+
+impl StagedFile {
+    fn new(id: u64, ino: u64, file: File, size: u64) -> StagedFile {
+        StagedFile {
+            id,
+            ino,
+            file,
+            state: Mutex::new(StagedState {
+                size,
+                ..StagedState::default()
+            }),
+            verified: watch::channel(0).0,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.lock().size
+    }
+}
+
+/// The write path's share of the engine.
+pub struct WriteSide {
+    pub registry: Arc<WriteRegistry>,
+    pub staging: Arc<StagingArea>,
+    pub uploader: Arc<Uploader>,
+    files: Mutex<HashMap<u64, Arc<StagedFile>>>,
+    /// Staged files with an upload task; true asks it to run once more.
+    uploads: Mutex<HashMap<u64, bool>>,
+    /// Bytes staged and not yet verified in the store.
+    dirty: AtomicU64,
+    room: Notify,
+}
+
+impl WriteSide {
+    pub fn new(
+        registry: Arc<WriteRegistry>,
+        staging: Arc<StagingArea>,
+        uploader: Arc<Uploader>,
+    ) -> WriteSide {
+        WriteSide {
+            registry,
+            staging,
+            uploader,
+            files: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            dirty: AtomicU64::new(0),
+            room: Notify::new(),
+        }
+    }
+
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.load(Ordering::Relaxed)
+    }
+
+    /// Uploads queued or running.
+    pub fn pending_uploads(&self) -> usize {
+        self.uploads.lock().len()
+    }
+
+    fn add_dirty(&self, delta: i64) {
+        if delta >= 0 {
+            self.dirty.fetch_add(delta as u64, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .dirty
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                    Some(d.saturating_sub(delta.unsigned_abs()))
+                });
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// How many more bytes may be staged.
+fn room_left(core: &EngineCore) -> u64 {
+    core.options()
+        .cache_size
+        .saturating_sub(core.writes().dirty_bytes())
+}
+
+impl EngineCore {
+    pub(crate) fn writable(&self) -> FsResult<()> {
+        if self.options().read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The staged file `id` of inode `ino`, opened again after a restart.
+    pub(crate) fn staged_file(&self, id: u64, ino: u64) -> FsResult<Arc<StagedFile>> {
+        let mut files = self.writes().files.lock();
+        if let Some(staged) = files.get(&id) {
+            return Ok(staged.clone());
+        }
+        let file = self.writes().staging.open_file(id)?;
+        let size = file.metadata()?.len();
+        let staged = Arc::new(StagedFile::new(id, ino, file, size));
+        files.insert(id, staged.clone());
+        Ok(staged)
+    }
+
+    /// A new staging file recorded under `key`, its contents `initial` bytes of
+    /// the object's current version when the write does not truncate.
+    pub(crate) async fn stage_new(
+        &self,
+        ino: u64,
+        key: &str,
+        copy_from: Option<&crate::namespace::Node>,
+    ) -> FsResult<Arc<StagedFile>> {
+        let (id, file) = self.writes().staging.create()?;
+        if let Some(node) = copy_from.filter(|n| n.size > 0) {
+            if node.size > room_left(self) {
+                self.writes().staging.remove(id);
+                return Err(FsError::NoSpace(format!(
+                    "no room to stage a copy of {} ({} bytes) for writing",
+                    node.path, node.size
+                )));
+            }
+            let version = self.version_of(node)?;
+            let step = self.options().chunk_size;
+            let mut offset = 0;
+            while offset < version.size {
+                let data = self.reader().read(&version, offset, step).await?;
+                file.write_all_at(&data, offset)?;
+                offset += data.len() as u64;
+                if data.is_empty() {
+                    break;
+                }
+            }
+        }
+        let record = StagedRecord {
+            key: key.to_string(),
+            sealed: None,
+        };
+        self.writes().registry.put(id, &record, false)?;
+        let size = file.metadata()?.len();
+        self.writes().add_dirty(size as i64);
+        let staged = Arc::new(StagedFile::new(id, ino, file, size));
+        // The copy is a change to seal even when nothing else is written.
+        staged.state.lock().generation = 1;
+        self.writes().files.lock().insert(id, staged.clone());
+        Ok(staged)
+    }
+
+    /// A staged file found at start: sealed at `generation`, not yet verified.
+    pub(crate) fn note_recovered(&self, staged: &StagedFile, generation: u64) {
+        let mut state = staged.state.lock();
+        state.generation = generation;
+        state.sealed = generation;
+        self.writes().add_dirty(state.size as i64);
+    }
+
+    /// Counts a writer; false when the file was uploaded and adopted meanwhile,
+    /// and the writer must stage the file anew.
+    pub(crate) fn add_writer(&self, staged: &StagedFile) -> bool {
+        let mut state = staged.state.lock();
+        if state.adopted {
+            return false;
+        }
+        state.writers += 1;
+        true
+    }
+
+    /// Writes at `offset`; fails with ENOSPC when the bytes would not fit in the
+    /// cache next to the data not yet uploaded (the caller waits and retries).
+    pub(crate) fn write_staged(
+        &self,
+        staged: &StagedFile,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let end = offset + data.len() as u64;
+        let growth = end.saturating_sub(staged.size());
+        if growth > 0 && growth > room_left(self) {
+            return Err(FsError::NoSpace(format!(
+                "the cache holds {} bytes not yet in the store (cache_size {})",
+                self.writes().dirty_bytes(),
+                self.options().cache_size
+            )));
+        }
+        staged.file.write_all_at(data, offset)?;
+        let size = {
+            let mut state = staged.state.lock();
+            state.generation += 1;
+            if end > state.size {
+                self.writes().add_dirty((end - state.size) as i64);
+                state.size = end;
+            }
+            state.size
+        };
+        self.ns().update(staged.ino, |n| {
+            n.size = size;
+            n.mtime = std::time::SystemTime::now();
+        });
+        Ok(data.len() as u32)
+    }
+
+    /// Waits up to `dirty_wait` for uploads to make room, then writes.
+    pub(crate) async fn write_when_room(
+        &self,
+        staged: &StagedFile,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let deadline = Instant::now() + self.options().dirty_wait;
+        loop {
+            let notified = self.writes().room.notified();
+            match self.write_staged(staged, offset, data) {
+                Err(FsError::NoSpace(why)) => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            "write refused after waiting {:?} for uploads: {why}",
+                            self.options().dirty_wait
+                        );
+                        return Err(FsError::NoSpace(why));
+                    }
+                    let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) fn truncate_staged(&self, staged: &StagedFile, size: u64) -> FsResult<()> {
+        staged.file.set_len(size)?;
+        let mut state = staged.state.lock();
+        self.writes().add_dirty(size as i64 - state.size as i64);
+        state.size = size;
+        state.generation += 1;
+        drop(state);
+        self.ns().update(staged.ino, |n| {
+            n.size = size;
+            n.mtime = std::time::SystemTime::now();
+        });
+        Ok(())
+    }
+
+    /// Hashes the staged file and records it, with its upload job, in one write;
+    /// `durable` makes the bytes and the record survive a power cut first.
+    pub(crate) async fn seal(
+        self: &Arc<Self>,
+        staged: &Arc<StagedFile>,
+        durable: bool,
+    ) -> FsResult<()> {
+        let generation = {
+            let state = staged.state.lock();
+            if state.gone {
+                return Ok(());
+            }
+            state.generation
+        };
+        let chunk_size = self.options().chunk_size;
+        let worker = staged.clone();
+        let digests = tokio::task::spawn_blocking(move || {
+            if durable {
+                worker.file.sync_data()?;
+            }
+            seal_digests(&worker.file, chunk_size)
+        })
+        .await
+        .map_err(|e| FsError::Cache(e.to_string()))??;
+        let mut replaced = None;
+        let record = self.writes().registry.update(staged.id, durable, |r| {
+            replaced = r.sealed.take();
+            r.sealed = Some(SealedUpload::new(digests, chunk_size, generation));
+            true
+        })?;
+        let Some(record) = record else {
+            return Ok(());
+        };
+        if let Some(old) = replaced.filter(|old| old.upload_id.is_some()) {
+            let uploader = self.writes().uploader.clone();
+            let key = record.key.clone();
+            tokio::spawn(async move { uploader.abort_recorded(&key, &old).await });
+        }
+        {
+            let mut state = staged.state.lock();
+            state.sealed = state.sealed.max(generation);
+        }
+        self.queue_upload(staged.id);
+        Ok(())
+    }
+
+    /// A handle on a staged file closed.
+    pub(crate) fn release_staged(self: &Arc<Self>, staged: &Arc<StagedFile>, writer: bool) {
+        let (last, dirty) = {
+            let mut state = staged.state.lock();
+            if writer {
+                state.writers -= 1;
+            }
+            (
+                state.writers == 0 && !state.gone,
+                state.generation != state.sealed,
+            )
+        };
+        if !last {
+            return;
+        }
+        if dirty {
+            let core = self.clone();
+            let staged = staged.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.seal(&staged, false).await {
+                    tracing::error!(id = staged.id, "cannot seal a written file: {e}");
+                }
+            });
+        } else {
+            // An upload verified while the file was open can finish now.
+            self.queue_upload(staged.id);
+        }
+    }
+
+    /// fsync: seal what was written; with durability=remote, wait until the
+    /// store has it verified.
+    pub(crate) async fn fsync_staged(self: &Arc<Self>, staged: &Arc<StagedFile>) -> FsResult<()> {
+        let (generation, dirty) = {
+            let state = staged.state.lock();
+            (state.generation, state.generation != state.sealed)
+        };
+        if dirty {
+            self.seal(staged, true).await?;
+        } else {
+            let worker = staged.clone();
+            tokio::task::spawn_blocking(move || worker.file.sync_data())
+                .await
+                .map_err(|e| FsError::Cache(e.to_string()))??;
+        }
+        if self.options().durability == Durability::Remote {
+            let mut verified = staged.verified.subscribe();
+            tracing::debug!(id = staged.id, "fsync waits for the verified upload");
+            verified
+                .wait_for(|v| *v >= generation)
+                .await
+                .map_err(|_| FsError::Store("the upload was dropped".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the upload of a staged file, or asks the running one to go again.
+    pub(crate) fn queue_upload(self: &Arc<Self>, id: u64) {
+        {
+            let mut uploads = self.writes().uploads.lock();
+            if let Some(again) = uploads.get_mut(&id) {
+                *again = true;
+                return;
+            }
+            uploads.insert(id, false);
+        }
+        let core = self.clone();
+        tokio::spawn(async move { core.upload_task(id).await });
+    }
+
+    async fn upload_task(self: Arc<Self>, id: u64) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = match self.writes().uploader.upload(id).await {
+                Ok(Ok(uploaded)) => self.finish_upload(id, uploaded).await,
+                Ok(Err(Skipped::NothingToDo | Skipped::Changed)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    let mut uploads = self.writes().uploads.lock();
+                    if uploads.get(&id) == Some(&true) {
+                        uploads.insert(id, false);
+                        continue;
+                    }
+                    uploads.remove(&id);
+                    return;
+                }
+                Err(e) => {
+                    self.writes()
+                        .uploader
+                        .stats
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(id, "upload failed, retrying in {backoff:?}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Follows renames and unlinks that happened during the upload, then makes
+    /// the staging file the cached copy of the verified object.
+    async fn finish_upload(self: &Arc<Self>, id: u64, mut up: Uploaded) -> FsResult<()> {
+        let client = self.writes().uploader.client().clone();
+        loop {
+            let record = self.writes().registry.get(id)?;
+            let Some(StagedRecord {
+                key,
+                sealed: Some(sealed),
+            }) = record
+            else {
+                // Unlinked during the upload: take back what was put.
+                let path = parse_key(&up.key)?;
+                if let Err(e) = client.objects.delete(&path).await
+                    && !matches!(e, object_store::Error::NotFound { .. })
+                {
+                    return Err(FsError::from_store(e));
+                }
+                return Ok(());
+            };
+            if sealed.generation != up.generation {
+                return Ok(());
+            }
+            if key != up.key {
+                let (from, to) = (parse_key(&up.key)?, parse_key(&key)?);
+                client
+                    .objects
+                    .rename(&from, &to)
+                    .await
+                    .map_err(FsError::from_store)?;
+                let etag = self.writes().uploader.verify(&key, &sealed, None).await?;
+                up.key = key;
+                up.etag = etag;
+                continue;
+            }
+            if self.adopt(id, &up, &sealed)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Returns false when the record moved meanwhile and the caller must look again.
+    fn adopt(&self, id: u64, up: &Uploaded, sealed: &SealedUpload) -> FsResult<bool> {
+        let registry = self.writes().registry.clone();
+        registry.locked(|| {
+            let Some(record) = registry.get(id)? else {
+                return Ok(false);
+            };
+            if record.key != up.key
+                || record.sealed.as_ref().map(|s| s.generation) != Some(up.generation)
+            {
+                return Ok(false);
+            }
+            let staged = self.writes().files.lock().get(&id).cloned();
+            // Held until the copy is adopted, so that no writer slips in.
+            let mut state = staged.as_ref().map(|s| s.state.lock());
+            let busy = state
+                .as_ref()
+                .is_some_and(|st| st.writers > 0 || st.generation != up.generation);
+            if let Some(s) = &staged {
+                s.verified.send_replace(up.generation);
+            }
+            if busy {
+                // Still open for writing: the object stays as it is verified, and
+                // the copy becomes clean when the last writer closes unchanged.
+                let mut record = record;
+                if let Some(s) = record.sealed.as_mut() {
+                    s.verified_etag = up.etag.clone();
+                }
+                registry.put(id, &record, true)?;
+                return Ok(true);
+            }
+            let tag = up
+                .etag
+                .clone()
+                .unwrap_or_else(|| format!("{}:written", up.size));
+            let file =
+                crate::chunk_index::FileId::new(self.store_id(), &up.key, &tag, sealed.chunk_size);
+            let layout = ChunkLayout::new(sealed.chunk_size, sealed.size);
+            let nvme = self.reader().nvme();
+            let chunks = nvme.link_copy(
+                file,
+                &self.writes().staging.path(id),
+                layout,
+                &sealed.chunk_digests,
+            )?;
+            registry.commit_upload(id, self.object_id(&up.key), file, &chunks)?;
+            if let Some(st) = state.as_mut() {
+                st.adopted = true;
+            }
+            drop(state);
+            nvme.adopted(&chunks);
+            self.writes().files.lock().remove(&id);
+            self.writes().staging.remove(id);
+            self.writes().add_dirty(-(up.size as i64));
+            let ino = staged
+                .map(|s| s.ino)
+                .or_else(|| self.ns().node_by_staged(id));
+            if let Some(ino) = ino {
+                self.ns().mark_uploaded(ino, up.size, up.etag.clone());
+            }
+            tracing::info!(key = %up.key, size = up.size, "uploaded and verified");
+            Ok(true)
+        })
+    }
+
+    /// Marks a staged file gone (unlinked or replaced) and forgets its record.
+    pub(crate) fn drop_staged(&self, id: u64) -> FsResult<()> {
+        if let Some(staged) = self.writes().files.lock().remove(&id) {
+            staged.state.lock().gone = true;
+        }
+        let registry = &self.writes().registry;
+        let record = registry.locked(|| -> FsResult<_> {
+            let record = registry.get(id)?;
+            registry.delete(id)?;
+            Ok(record)
+        })?;
+        let size = std::fs::metadata(self.writes().staging.path(id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.writes().staging.remove(id);
+        self.writes().add_dirty(-(size as i64));
+        if let Some(StagedRecord {
+            key,
+            sealed: Some(sealed),
+        }) = record
+            && sealed.upload_id.is_some()
+        {
+            let uploader = self.writes().uploader.clone();
+            tokio::spawn(async move { uploader.abort_recorded(&key, &sealed).await });
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn parse_key(key: &str) -> FsResult<object_store::path::Path> {
+    object_store::path::Path::parse(key).map_err(|e| FsError::InvalidName(format!("{key}: {e}")))
+}

@@ -1,0 +1,309 @@
+//! Writing through real mounts, over a local directory and over a real S3 server
+//! on 127.0.0.1: every operation a checkpoint writer uses, what reaches the store,
+//! and uploads that resume after the daemon is killed.
+
+mod common;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const UPLOAD_WAIT: Duration = Duration::from_secs(60);
+
+fn assert_in_store(backend: &Backend, key: &str, want: &[u8]) {
+    let ok = wait_for(UPLOAD_WAIT, || backend.get(key).as_deref() == Some(want));
+    assert!(
+        ok,
+        "{key}: the store has {:?} bytes, {} were written",
+        backend.get(key).map(|d| d.len()),
+        want.len()
+    );
+}
+
+fn assert_gone_from_store(backend: &Backend, key: &str) {
+    let ok = wait_for(UPLOAD_WAIT, || backend.get(key).is_none());
+    assert!(ok, "{key} is still in the store");
+}
+
+fn every_operation(backend: Backend) {
+    backend.put("old/existing.bin", &random_bytes(3 << 20, 1));
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+
+    // create + sequential write, several chunks and parts.
+    let big = random_bytes((12 << 20) + 123, 2);
+    std::fs::write(mount.path("big.bin"), &big).unwrap();
+    assert_eq!(std::fs::read(mount.path("big.bin")).unwrap(), big);
+
+    // random writes out of order, with a hole, then fsync.
+    let mut expect = vec![0u8; 3 << 20];
+    {
+        let f = File::create(mount.path("random.bin")).unwrap();
+        for (i, offset) in [(2usize << 20) + 7, 0, 1 << 20, 5000]
+            .into_iter()
+            .enumerate()
+        {
+            let piece = random_bytes(70_000, 10 + i as u64);
+            f.write_all_at(&piece, offset as u64).unwrap();
+            let end = offset + piece.len();
+            if expect.len() < end {
+                expect.resize(end, 0);
+            }
+            expect[offset..end].copy_from_slice(&piece);
+        }
+        f.set_len(expect.len() as u64).unwrap();
+        f.sync_all().unwrap();
+    }
+    // ftruncate shorter and truncate by path.
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(mount.path("random.bin"))
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+    }
+    expect.truncate(1 << 20);
+    std::fs::write(mount.path("short.txt"), b"0123456789").unwrap();
+    sh(&format!(
+        "truncate -s 4 {}",
+        mount.path("short.txt").display()
+    ));
+
+    // appending to a file that is only in the store copies it first.
+    let mut existing = backend.get("old/existing.bin").unwrap();
+    {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(mount.path("old/existing.bin"))
+            .unwrap();
+        f.write_all(b"tail").unwrap();
+    }
+    existing.extend_from_slice(b"tail");
+
+    // mkdir, rename of a file and of a directory, unlink, rmdir.
+    std::fs::create_dir(mount.path("dir")).unwrap();
+    std::fs::create_dir(mount.path("dir/sub")).unwrap();
+    std::fs::write(mount.path("dir/sub/w.bin"), b"weights").unwrap();
+    std::fs::write(mount.path("tmpname"), b"renamed file").unwrap();
+    std::fs::rename(mount.path("tmpname"), mount.path("dir/final")).unwrap();
+    std::fs::rename(mount.path("dir"), mount.path("dir2")).unwrap();
+    std::fs::write(mount.path("doomed"), b"x").unwrap();
+    std::fs::remove_file(mount.path("doomed")).unwrap();
+    std::fs::create_dir(mount.path("empty")).unwrap();
+    assert_eq!(
+        std::fs::remove_dir(mount.path("dir2"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    std::fs::remove_dir(mount.path("empty")).unwrap();
+    assert!(!mount.path("empty").exists());
+
+    // chmod and utimens are accepted; links are refused clearly.
+    sh(&format!(
+        "chmod 600 {0} && touch -d @1000000000 {0}",
+        mount.path("short.txt").display()
+    ));
+    let link = std::fs::hard_link(mount.path("short.txt"), mount.path("hard"));
+    assert_eq!(link.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    let symlink = std::os::unix::fs::symlink("short.txt", mount.path("soft"));
+    assert_eq!(symlink.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    // A name the store cannot hold is refused before anything is written.
+    let long = "n".repeat(300);
+    let err = File::create(mount.path(&long)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+
+    // Through the mount, at once.
+    let listing = sh(&format!(
+        "cd {} && find . | sort",
+        mount.dir.path().display()
+    ));
+    for name in [
+        "./big.bin",
+        "./dir2/final",
+        "./dir2/sub/w.bin",
+        "./old/existing.bin",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == name),
+            "{name} missing:\n{listing}"
+        );
+    }
+    assert!(
+        !listing.contains("doomed") && !listing.contains("tmpname"),
+        "{listing}"
+    );
+    assert_eq!(
+        std::fs::read(mount.path("dir2/final")).unwrap(),
+        b"renamed file"
+    );
+    assert_eq!(std::fs::read(mount.path("random.bin")).unwrap(), expect);
+
+    // In the store, once uploaded.
+    assert_in_store(&backend, "big.bin", &big);
+    assert_in_store(&backend, "random.bin", &expect);
+    assert_in_store(&backend, "short.txt", b"0123");
+    assert_in_store(&backend, "old/existing.bin", &existing);
+    assert_in_store(&backend, "dir2/sub/w.bin", b"weights");
+    assert_in_store(&backend, "dir2/final", b"renamed file");
+    assert_gone_from_store(&backend, "doomed");
+    assert_gone_from_store(&backend, "tmpname");
+    assert_gone_from_store(&backend, "dir/sub/w.bin");
+    assert!(mount.log().contains("uploaded and verified"));
+
+    // A fresh mount with an empty cache sees the same files.
+    mount.unmount();
+    let cache2 = tempfile::tempdir().unwrap();
+    let again = Mount::new(&backend, cache2.path(), &["chunk_size=1M"]);
+    assert_eq!(std::fs::read(again.path("big.bin")).unwrap(), big);
+    assert_eq!(
+        std::fs::read(again.path("dir2/final")).unwrap(),
+        b"renamed file"
+    );
+}
+
+#[test]
+fn every_operation_over_a_local_directory() {
+    every_operation(Backend::local());
+}
+
+#[test]
+fn every_operation_over_s3() {
+    every_operation(Backend::s3());
+}
+
+/// The way checkpoint libraries save: a directory written file by file under a
+/// temporary name and renamed when complete; then a tarball unpacked in place.
+#[test]
+fn checkpoint_directory_renamed_when_complete_and_tar() {
+    let backend = Backend::s3();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let shards: Vec<Vec<u8>> = (0..4)
+        .map(|i| random_bytes((3 << 20) + i * 1000, 40 + i as u64))
+        .collect();
+    std::fs::create_dir(mount.path("run1")).unwrap();
+    std::fs::create_dir(mount.path("run1/.tmp-step-200")).unwrap();
+    for (i, shard) in shards.iter().enumerate() {
+        let path = mount.path(&format!("run1/.tmp-step-200/shard-{i}.safetensors"));
+        let mut f = File::create(&path).unwrap();
+        f.write_all(shard).unwrap();
+        f.sync_all().unwrap();
+    }
+    std::fs::rename(
+        mount.path("run1/.tmp-step-200"),
+        mount.path("run1/step-200"),
+    )
+    .unwrap();
+    for (i, shard) in shards.iter().enumerate() {
+        assert_eq!(
+            &std::fs::read(mount.path(&format!("run1/step-200/shard-{i}.safetensors"))).unwrap(),
+            shard
+        );
+        assert_in_store(
+            &backend,
+            &format!("run1/step-200/shard-{i}.safetensors"),
+            shard,
+        );
+    }
+    assert!(
+        wait_for(UPLOAD_WAIT, || !backend
+            .keys()
+            .iter()
+            .any(|k| k.contains(".tmp-step-200"))),
+        "the temporary name stayed in the store: {:?}",
+        backend.keys()
+    );
+
+    // tar -x into the mount.
+    let src = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "cd {0} && mkdir -p ck/a && head -c 2500000 /dev/urandom > ck/a/x.bin && echo meta > ck/meta.json && tar -cf {0}/ck.tar ck",
+        src.path().display()
+    ));
+    sh(&format!(
+        "tar -xf {}/ck.tar -C {}",
+        src.path().display(),
+        mount.dir.path().display()
+    ));
+    let want = std::fs::read(src.path().join("ck/a/x.bin")).unwrap();
+    assert_eq!(std::fs::read(mount.path("ck/a/x.bin")).unwrap(), want);
+    assert_in_store(&backend, "ck/a/x.bin", &want);
+    assert_in_store(&backend, "ck/meta.json", b"meta\n");
+}
+
+fn daemon_pid(mount: &Mount) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("tierfs mount .* {} ", mount.dir.path().display()))
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The daemon is killed with SIGKILL at random moments while files are written,
+/// fsynced and uploaded; after a restart every fsynced file reaches the store
+/// with the right bytes.
+#[test]
+fn fsynced_files_survive_sigkill() {
+    let backend = Backend::s3();
+    let cache = tempfile::tempdir().unwrap();
+    let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
+    for round in 0..4u64 {
+        let mount = Mount::new(
+            &backend,
+            cache.path(),
+            &["chunk_size=1M", "upload_concurrency=2"],
+        );
+        let pid = daemon_pid(&mount).expect("the daemon runs");
+        // Files fsynced in this round: each must survive.
+        for i in 0..3u64 {
+            let key = format!("r{round}/f{i}.bin");
+            let data = random_bytes((6 << 20) + (i as usize * 4321), round * 10 + i);
+            let mut f = File::create(
+                mount
+                    .path(&key)
+                    .parent()
+                    .map(|p| {
+                        std::fs::create_dir_all(p).unwrap();
+                        mount.path(&key)
+                    })
+                    .unwrap(),
+            )
+            .unwrap();
+            f.write_all(&data).unwrap();
+            f.sync_all().unwrap();
+            expected.push((key, data));
+        }
+        // Kill at a moment that varies between rounds: during an unsynced write
+        // and while uploads are in flight.
+        let f = File::create(mount.path(&format!("r{round}/unsynced.bin"))).unwrap();
+        f.write_all_at(&random_bytes(1 << 20, 99), 0).unwrap();
+        std::thread::sleep(Duration::from_millis(37 * round * round));
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        drop(f);
+        mount.unmount();
+    }
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    for (key, data) in &expected {
+        assert_eq!(
+            &std::fs::read(mount.path(key)).unwrap(),
+            data,
+            "{key} through the mount"
+        );
+        assert_in_store(&backend, key, data);
+    }
+    assert!(
+        mount.log().contains("resuming uploads")
+            || expected.iter().all(|(k, _)| backend.get(k).is_some())
+    );
+}
