@@ -61,6 +61,13 @@ print("ok", len(want))
         mount.path("model/step-100/model.safetensors").display()
     );
     run_python(&mmap_only, &mount.log());
+    // The kernel sends the release after close() returns: wait for it.
+    wait_for(std::time::Duration::from_secs(10), || {
+        mount
+            .log()
+            .lines()
+            .any(|l| l.contains("file closed") && l.contains("model.safetensors"))
+    });
     mount.unmount();
     let log = mount.log();
     let widest: u64 = log
