@@ -144,10 +144,6 @@ impl EngineCore {
         &self.store
     }
 
-    pub(crate) fn store_id(&self) -> &str {
-        &self.store_id
-    }
-
     pub fn options(&self) -> &MountOptions {
         &self.options
     }
@@ -428,12 +424,18 @@ impl EngineCore {
 
     /// The cache identity of a file's current version; binding it drops the
     /// chunks of the version before it when the ETag changed.
-    pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
+    /// The cache name of the version a node shows: its ETag, or its size and
+    /// modification time for a store that gives none.
+    pub(crate) fn file_id(&self, node: &Node) -> FileId {
         let tag = match &node.etag {
             Some(etag) => etag.clone(),
             None => format!("{}:{:?}", node.size, node.mtime),
         };
-        let id = FileId::new(&self.store_id, &node.path, &tag, self.options.chunk_size);
+        FileId::new(&self.store_id, &node.path, &tag, self.options.chunk_size)
+    }
+
+    pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
+        let id = self.file_id(node);
         let object = self.object_id(&node.path);
         if let Some(old) = self.index.bind_object(object, id)? {
             tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");

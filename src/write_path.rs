@@ -503,12 +503,26 @@ impl EngineCore {
                 registry.put(id, &record, true)?;
                 return Ok(true);
             }
-            let tag = up
-                .etag
-                .clone()
-                .unwrap_or_else(|| format!("{}:written", up.size));
-            let file =
-                crate::chunk_index::FileId::new(self.store_id(), &up.key, &tag, sealed.chunk_size);
+            let ino = staged
+                .as_ref()
+                .map(|s| s.ino)
+                .or_else(|| self.ns().node_by_staged(id));
+            // Named as reads will name the object's new version.
+            let mut node =
+                ino.and_then(|ino| self.ns().node(ino))
+                    .unwrap_or_else(|| crate::namespace::Node {
+                        ino: 0,
+                        parent: 0,
+                        path: up.key.clone(),
+                        kind: tierfs_fuse::FileKind::File,
+                        size: 0,
+                        mtime: std::time::UNIX_EPOCH,
+                        etag: None,
+                        staged: None,
+                    });
+            node.etag = up.etag.clone();
+            node.size = up.size;
+            let file = self.file_id(&node);
             let layout = ChunkLayout::new(sealed.chunk_size, sealed.size);
             let nvme = self.reader().nvme();
             let chunks = nvme.link_copy(
@@ -523,15 +537,12 @@ impl EngineCore {
             }
             drop(state);
             nvme.adopted(&chunks);
+            // Shown as the object before the staging file goes, so that an open
+            // in between reads the adopted copy instead of a missing file.
+            self.ns().mark_uploaded(node.ino, up.size, up.etag.clone());
             self.writes().files.lock().remove(&id);
             self.writes().staging.remove(id);
             self.writes().add_dirty(-(up.size as i64));
-            let ino = staged
-                .map(|s| s.ino)
-                .or_else(|| self.ns().node_by_staged(id));
-            if let Some(ino) = ino {
-                self.ns().mark_uploaded(ino, up.size, up.etag.clone());
-            }
             tracing::info!(key = %up.key, size = up.size, "uploaded and verified");
             Ok(true)
         })
