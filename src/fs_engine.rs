@@ -59,13 +59,23 @@ fn answer<T>(reply: Reply<T>, result: FsResult<T>) {
     reply(result.map_err(|e| e.errno()))
 }
 
+/// A name to look up: one that is not UTF-8 cannot name an object, so is absent.
+fn existing_name(name: &OsStr) -> FsResult<String> {
+    name.to_str().map(str::to_string).ok_or(FsError::NotFound)
+}
+
+/// A name to create: one that is not UTF-8 cannot become an object key.
+fn new_name(name: &OsStr) -> FsResult<String> {
+    name.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| FsError::InvalidName("not UTF-8".into()))
+}
+
 impl FsEngine for Engine {
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::NotFound));
-        };
+        let name = existing_name(name);
         self.spawn(reply, |core| async move {
-            let node = core.lookup(parent, &name).await?;
+            let node = core.lookup(parent, &name?).await?;
             Ok(core.entry(&node))
         });
     }
@@ -97,11 +107,9 @@ impl FsEngine for Engine {
     }
 
     fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
-        };
+        let name = new_name(name);
         self.spawn(reply, |core| async move {
-            let (node, staged) = core.create(parent, &name).await?;
+            let (node, staged) = core.create(parent, &name?).await?;
             let opened = core.add_staged_handle(node.ino, staged, true);
             Ok((core.entry(&node), opened))
         });
@@ -137,30 +145,27 @@ impl FsEngine for Engine {
     }
 
     fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
-        };
+        let name = new_name(name);
         self.spawn(reply, |core| async move {
-            let node = core.mkdir(parent, &name).await?;
+            let node = core.mkdir(parent, &name?).await?;
             Ok(core.entry(&node))
         });
     }
 
     fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::NotFound));
-        };
+        let name = existing_name(name);
         self.spawn(
             reply,
-            |core| async move { core.unlink(parent, &name).await },
+            |core| async move { core.unlink(parent, &name?).await },
         );
     }
 
     fn rmdir(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return answer(reply, Err(FsError::NotFound));
-        };
-        self.spawn(reply, |core| async move { core.rmdir(parent, &name).await });
+        let name = existing_name(name);
+        self.spawn(
+            reply,
+            |core| async move { core.rmdir(parent, &name?).await },
+        );
     }
 
     fn rename(
@@ -168,18 +173,14 @@ impl FsEngine for Engine {
         parent: u64,
         name: &OsStr,
         new_parent: u64,
-        new_name: &OsStr,
+        target: &OsStr,
         no_replace: bool,
         reply: Reply<()>,
     ) {
-        let (Some(name), Some(new_name)) = (
-            name.to_str().map(str::to_string),
-            new_name.to_str().map(str::to_string),
-        ) else {
-            return answer(reply, Err(FsError::InvalidName("not UTF-8".into())));
-        };
+        // Either name not in UTF-8 is refused as a name the store cannot hold.
+        let (name, target) = (new_name(name), new_name(target));
         self.spawn(reply, |core| async move {
-            core.rename(parent, &name, new_parent, &new_name, no_replace)
+            core.rename(parent, &name?, new_parent, &target?, no_replace)
                 .await
         });
     }

@@ -317,12 +317,12 @@ impl Tables {
             node.etag = etag;
             return *ino;
         }
-        let ino = self.next_ino;
-        self.next_ino += 1;
+        let path = key.0.clone();
+        let ino = self.allocate_ino(key);
         let node = Node {
             ino,
             parent,
-            path: key.0.clone(),
+            path,
             kind,
             size,
             mtime,
@@ -330,6 +330,13 @@ impl Tables {
             staged: None,
         };
         self.nodes.insert(ino, node);
+        ino
+    }
+
+    /// A new inode number for a path, recorded under it.
+    fn allocate_ino(&mut self, key: (String, FileKind)) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
         self.by_path.insert(key, ino);
         ino
     }

@@ -98,12 +98,7 @@ impl Namespace {
         let key = (path.clone(), kind);
         let ino = match tables.by_path.get(&key) {
             Some(ino) => *ino,
-            None => {
-                let ino = tables.next_ino;
-                tables.next_ino += 1;
-                tables.by_path.insert(key, ino);
-                ino
-            }
+            None => tables.allocate_ino(key),
         };
         let node = Node {
             ino,
