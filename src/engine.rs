@@ -224,7 +224,15 @@ impl EngineCore {
                 self.ns.warn_once(&dir.path, &why);
                 return Err(FsError::Unlistable(why));
             }
-            Err(e) => return Err(FsError::from_store(e)),
+            Err(e) => {
+                // Offline, the names last seen stay usable, so that cached files
+                // can still be found and read.
+                let Some(entries) = self.ns.last_listing(dir.ino) else {
+                    return Err(FsError::from_store(e));
+                };
+                tracing::info!(path = %dir.path, "store unreachable, serving the last listing: {e}");
+                return Ok(entries);
+            }
         };
         Ok(self.ns.install_listing(dir.ino, listing))
     }

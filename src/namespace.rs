@@ -132,6 +132,12 @@ impl Namespace {
         (listing.listed_at.elapsed() < self.ttl).then(|| listing.entries.clone())
     }
 
+    /// The last listing of a directory, however old.
+    pub fn last_listing(&self, dir: u64) -> Option<Arc<[DirEntry]>> {
+        let tables = self.tables.lock();
+        tables.listings.get(&dir).map(|l| l.entries.clone())
+    }
+
     /// A child of a freshly listed directory: `Some(None)` when the listing is fresh
     /// and has no such name, `None` when the directory must be listed again.
     pub fn fresh_child(&self, dir: u64, name: &str) -> Option<Option<Node>> {

@@ -123,7 +123,7 @@ fn s3_second_mount_serves_cached_chunks_with_the_server_stopped() {
     }
     backend.put("run/never-read.bin", &random_bytes(CHUNK, 9));
     // Both mounts talk to the store through a proxy that counts object GETs.
-    let proxy = CountingProxy::start(
+    let proxy = proxy::FaultProxy::start(
         backend.s3_server().port,
         &format!("GET /{BUCKET}/models/run/"),
     );

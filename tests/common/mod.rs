@@ -3,6 +3,8 @@
 //! the `tierfs` binary.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -107,6 +109,19 @@ impl S3Server {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Multipart uploads started and neither completed nor aborted. s3s-fs does not
+    /// answer ListMultipartUploads; it keeps one `.upload-<id>.json` in its data
+    /// folder for each open upload, removed on completion or abort.
+    pub fn open_multipart_uploads(&self) -> Vec<String> {
+        let mut open: Vec<String> = std::fs::read_dir(self.data.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| name.starts_with(".upload-") && name.ends_with(".json"))
+            .collect();
+        open.sort();
+        open
     }
 
     /// A client for putting test data in through the S3 API.
@@ -330,63 +345,6 @@ impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 in front of a server that counts the HTTP requests
-/// whose request line starts with a given prefix, such as `GET /bucket/key`.
-pub struct CountingProxy {
-    pub port: u16,
-    count: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl CountingProxy {
-    pub fn start(upstream: u16, request_prefix: &str) -> CountingProxy {
-        use std::io::{Read, Write};
-        use std::net::{Shutdown, TcpStream};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let count = Arc::new(AtomicUsize::new(0));
-        let (counter, prefix) = (count.clone(), request_prefix.as_bytes().to_vec());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut s_read, mut c_write) = (server, client);
-                let (counter, prefix) = (counter.clone(), prefix.clone());
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 1 << 16];
-                    while let Ok(n) = c_read.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        let hits = buf[..n]
-                            .windows(prefix.len())
-                            .filter(|w| *w == prefix.as_slice())
-                            .count();
-                        counter.fetch_add(hits, Ordering::SeqCst);
-                        if s_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = s_write.shutdown(Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s_read, &mut c_write);
-                    let _ = c_write.shutdown(Shutdown::Write);
-                });
-            }
-        });
-        CountingProxy { port, count }
-    }
-
-    pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
