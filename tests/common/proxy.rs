@@ -109,7 +109,7 @@ impl Shared {
                 let mut client = client;
                 let _ = read_head(&mut client);
                 let n = self.errors_answered.fetch_add(1, Ordering::SeqCst);
-                let status = if n % 2 == 0 {
+                let status = if n.is_multiple_of(2) {
                     "500 Internal Server Error"
                 } else {
                     "503 Slow Down"
