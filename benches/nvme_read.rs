@@ -22,7 +22,15 @@ fn main() {
     let chunks = (mb << 20) / CHUNK;
     let dir = tempfile::tempdir().expect("temp dir");
     let index = Arc::new(ChunkIndex::open(&dir.path().join("index")).expect("index"));
-    let tier = NvmeTier::open(dir.path(), index, CHUNK, u64::MAX / 2, 0).expect("tier");
+    let tier = NvmeTier::open(
+        dir.path(),
+        index,
+        CHUNK,
+        u64::MAX / 2,
+        0,
+        Default::default(),
+    )
+    .expect("tier");
     let file = FileId(42);
     let mut data = vec![0u8; CHUNK as usize];
     for i in 0..chunks {

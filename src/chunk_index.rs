@@ -83,6 +83,8 @@ pub fn decode_record(bytes: &[u8]) -> Option<ChunkRecord> {
 
 const CHUNKS: &str = "chunks";
 const OBJECTS: &str = "objects";
+/// What is known of a cached version beyond its chunks (when it was made, its key).
+const VERSIONS: &str = "versions";
 /// Files written through the mount and not yet verified in the store (write path).
 pub(crate) const STAGED: &str = "staged";
 /// Directories made through the mount (the store has no empty directories).
@@ -97,7 +99,7 @@ impl ChunkIndex {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CHUNKS, OBJECTS, STAGED, DIRS]
+        let families = [CHUNKS, OBJECTS, VERSIONS, STAGED, DIRS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
@@ -116,8 +118,27 @@ impl ChunkIndex {
     }
 
     /// Adds the binding of an object to its current version to a batch.
-    pub(crate) fn bind_object_in(&self, batch: &mut WriteBatch, object: u128, file: FileId) {
+    pub(crate) fn bind_object_in(
+        &self,
+        batch: &mut WriteBatch,
+        object: u128,
+        file: FileId,
+        info: &VersionInfo,
+    ) {
         batch.put_cf(self.cf(OBJECTS), object.to_be_bytes(), file.0.to_be_bytes());
+        batch.put_cf(self.cf(VERSIONS), file.0.to_be_bytes(), info.encode());
+    }
+
+    pub fn version_info(&self, file: FileId) -> FsResult<Option<VersionInfo>> {
+        let value = self
+            .db
+            .get_pinned_cf(self.cf(VERSIONS), file.0.to_be_bytes())?;
+        Ok(value.and_then(|v| VersionInfo::decode(&v)))
+    }
+
+    pub fn forget_version(&self, file: FileId) -> FsResult<()> {
+        self.db.delete_cf(self.cf(VERSIONS), file.0.to_be_bytes())?;
+        Ok(())
     }
 
     pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -178,21 +199,47 @@ impl ChunkIndex {
 
     /// Records that the object named `object` is now at version `file`, and returns
     /// the version it was at before when that differs.
-    pub fn bind_object(&self, object: u128, file: FileId) -> FsResult<Option<FileId>> {
-        let cf = self.cf(OBJECTS);
-        let key = object.to_be_bytes();
+    pub fn bind_object(
+        &self,
+        object: u128,
+        file: FileId,
+        info: &VersionInfo,
+    ) -> FsResult<Option<FileId>> {
         let old = self
             .db
-            .get_pinned_cf(cf, key)?
+            .get_pinned_cf(self.cf(OBJECTS), object.to_be_bytes())?
             .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
             .map(|b| FileId(u128::from_be_bytes(b)));
-        if old == Some(file) {
+        if old == Some(file) && self.version_info(file)?.is_some() {
             return Ok(None);
         }
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf, key, file.0.to_be_bytes());
+        self.bind_object_in(&mut batch, object, file, info);
         self.db.write(batch)?;
-        Ok(old)
+        Ok(old.filter(|old| *old != file))
+    }
+}
+
+/// A cached version's birth (seconds since the epoch: the object's modification
+/// time, or when it was uploaded through the mount) and its key, for demotion by
+/// age and for naming it in logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub created: u64,
+    pub key: String,
+}
+
+impl VersionInfo {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.created.to_be_bytes().to_vec();
+        out.extend_from_slice(self.key.as_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<VersionInfo> {
+        let created = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let key = String::from_utf8(bytes[8..].to_vec()).ok()?;
+        Some(VersionInfo { created, key })
     }
 }
 
@@ -236,6 +283,10 @@ mod tests {
         let b = FileId::new("s", "k", "etag2", 8);
         assert_ne!(a, b);
         let key = ChunkKey { file: a, index: 3 };
+        let info = VersionInfo {
+            created: 1_700_000_000,
+            key: "run/w.bin".into(),
+        };
         let rec = ChunkRecord {
             digest: 42,
             len: 8,
@@ -245,14 +296,17 @@ mod tests {
             let index = ChunkIndex::open(dir.path()).unwrap();
             index.put(&key, &rec).unwrap();
             index.put(&ChunkKey { file: b, index: 0 }, &rec).unwrap();
-            assert_eq!(index.bind_object(1, a).unwrap(), None);
-            assert_eq!(index.bind_object(1, a).unwrap(), None);
+            assert_eq!(index.bind_object(1, a, &info).unwrap(), None);
+            assert_eq!(index.bind_object(1, a, &info).unwrap(), None);
         }
         let index = ChunkIndex::open(dir.path()).unwrap();
         assert_eq!(index.get(&key).unwrap(), Some(rec));
         assert_eq!(index.chunks_of(a).unwrap(), vec![(key, rec)]);
         assert_eq!(index.all_chunks().unwrap().len(), 2);
-        assert_eq!(index.bind_object(1, b).unwrap(), Some(a));
+        assert_eq!(index.version_info(a).unwrap(), Some(info.clone()));
+        assert_eq!(index.bind_object(1, b, &info).unwrap(), Some(a));
+        index.forget_version(a).unwrap();
+        assert_eq!(index.version_info(a).unwrap(), None);
         index.delete(&key).unwrap();
         assert!(index.chunks_of(a).unwrap().is_empty());
     }

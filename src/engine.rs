@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, Opened, StatFs};
 
 use crate::chunk::ChunkLayout;
-use crate::chunk_index::{ChunkIndex, FileId};
+use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
 use crate::error::{FsError, FsResult};
 use crate::namespace::{Namespace, Node};
 use crate::nvme_tier::NvmeTier;
@@ -92,12 +92,14 @@ impl EngineCore {
         } = config;
         std::fs::create_dir_all(&cache_dir)?;
         let index = Arc::new(ChunkIndex::open(&cache_dir.join("index"))?);
+        let dirty = Arc::new(AtomicU64::new(0));
         let nvme = Arc::new(NvmeTier::open(
             &cache_dir,
             index.clone(),
             options.chunk_size,
             options.cache_size,
             options.cache_min_free,
+            dirty.clone(),
         )?);
         let reader = TieredReader::new(store.objects.clone(), nvme, &options);
         let registry = Arc::new(WriteRegistry::new(index.clone()));
@@ -114,7 +116,7 @@ impl EngineCore {
         let core = Arc::new(EngineCore {
             store: store.objects,
             store_id,
-            writes: WriteSide::new(registry, staging, uploader),
+            writes: WriteSide::new(registry, staging, uploader, dirty),
             uid: options.uid.unwrap_or(uid),
             gid: options.gid.unwrap_or(gid),
             ns: Namespace::new(options.metadata_ttl),
@@ -129,11 +131,25 @@ impl EngineCore {
             stats: EngineStats::default(),
         });
         core.recover_writes()?;
+        core.start_housekeeping();
         Ok(core)
     }
 
     pub(crate) fn writes(&self) -> &WriteSide {
         &self.writes
+    }
+
+    pub(crate) fn index(&self) -> &ChunkIndex {
+        &self.index
+    }
+
+    /// The versions open handles read.
+    pub(crate) fn open_versions(&self) -> std::collections::HashSet<FileId> {
+        self.files
+            .lock()
+            .values()
+            .filter_map(|open| open.version.as_ref().map(|v| v.id))
+            .collect()
     }
 
     pub(crate) fn ns(&self) -> &Namespace {
@@ -445,7 +461,14 @@ impl EngineCore {
     pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
         let id = self.file_id(node);
         let object = self.object_id(&node.path);
-        if let Some(old) = self.index.bind_object(object, id)? {
+        let info = VersionInfo {
+            created: node
+                .mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            key: node.path.clone(),
+        };
+        if let Some(old) = self.index.bind_object(object, id, &info)? {
             tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");
             self.reader.nvme().drop_file(old)?;
         }

@@ -3,7 +3,7 @@
 //! Every read is checked against the digest; a mismatch is dropped so that the
 //! caller fetches the chunk again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -17,49 +17,23 @@ use parking_lot::Mutex;
 use crate::chunk::ChunkLayout;
 use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
+use crate::chunk_recency::{ChunkRecency, FileUse};
 use crate::error::FsResult;
 
 pub fn digest(data: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(data)
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// Recency order of the chunks on disk, for LRU eviction.
-#[derive(Default)]
-struct Recency {
-    order: BTreeMap<(u64, ChunkKey), u64>,
-    tick_of: HashMap<ChunkKey, u64>,
-    next_tick: u64,
-    used: u64,
-}
-
-impl Recency {
-    fn touch(&mut self, key: ChunkKey, len: u64) {
-        if let Some(old) = self.tick_of.remove(&key)
-            && let Some(old_len) = self.order.remove(&(old, key))
-        {
-            self.used -= old_len;
-        }
-        self.next_tick += 1;
-        self.order.insert((self.next_tick, key), len);
-        self.tick_of.insert(key, self.next_tick);
-        self.used += len;
-    }
-
-    fn remove(&mut self, key: &ChunkKey) {
-        if let Some(tick) = self.tick_of.remove(key)
-            && let Some(len) = self.order.remove(&(tick, *key))
-        {
-            self.used -= len;
-        }
-    }
-}
+/// A chunk's recorded access time is rewritten when it is older than this, so
+/// that idle times survive a restart without a write for every read.
+const ACCESS_RECORD_STEP: u64 = 60;
 
 /// Counters of the NVMe tier.
 #[derive(Debug, Default)]
@@ -68,6 +42,7 @@ pub struct NvmeStats {
     pub misses: AtomicU64,
     pub healed: AtomicU64,
     pub evicted_bytes: AtomicU64,
+    pub demoted_bytes: AtomicU64,
     pub skipped_full: AtomicU64,
 }
 
@@ -77,7 +52,10 @@ pub struct NvmeTier {
     chunk_size: u64,
     budget: u64,
     min_free: u64,
-    recency: Mutex<Recency>,
+    /// Bytes written through the mount and not yet in the store: they share the
+    /// budget and the disk, and no eviction may touch them.
+    dirty: Arc<AtomicU64>,
+    recency: Mutex<ChunkRecency>,
     files: Mutex<HashMap<FileId, Arc<File>>>,
     /// Files the kernel reads directly (FUSE passthrough): never evicted while held.
     held: Mutex<HashMap<FileId, usize>>,
@@ -95,22 +73,25 @@ impl NvmeTier {
         chunk_size: u64,
         budget: u64,
         min_free: u64,
+        dirty: Arc<AtomicU64>,
     ) -> FsResult<NvmeTier> {
         let dir = cache_dir.join("chunks");
         std::fs::create_dir_all(&dir)?;
-        let mut recency = Recency::default();
+        let mut recency = ChunkRecency::default();
         let mut known = index.all_chunks()?;
         // Oldest first, so that the rebuilt order matches the recorded one.
         known.sort_by_key(|(key, r)| (r.last_access, *key));
         for (key, record) in known {
-            recency.touch(key, record.len as u64);
+            recency.touch(key, record.len as u64, record.last_access);
         }
+        remove_unrecorded_files(&dir, &recency);
         Ok(NvmeTier {
             dir,
             index,
             chunk_size,
             budget,
             min_free,
+            dirty,
             recency: Mutex::new(recency),
             files: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
@@ -120,7 +101,7 @@ impl NvmeTier {
     }
 
     pub fn used(&self) -> u64 {
-        self.recency.lock().used
+        self.recency.lock().used()
     }
 
     pub fn budget(&self) -> u64 {
@@ -178,7 +159,17 @@ impl NvmeTier {
             return Ok(None);
         }
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
-        self.recency.lock().touch(*key, record.len as u64);
+        let now = now_secs();
+        self.recency.lock().touch(*key, record.len as u64, now);
+        if now.saturating_sub(record.last_access) >= ACCESS_RECORD_STEP {
+            let record = ChunkRecord {
+                last_access: now,
+                ..record
+            };
+            if let Err(e) = self.index.put(key, &record) {
+                tracing::debug!("recording an access failed: {e}");
+            }
+        }
         self.mark_verified(key);
         Ok(Some(Bytes::from(buf)))
     }
@@ -203,17 +194,20 @@ impl NvmeTier {
             last_access: now_secs(),
         };
         self.index.put(key, &record)?;
-        self.recency.lock().touch(*key, len);
+        self.recency.lock().touch(*key, len, record.last_access);
         self.mark_verified(key);
         Ok(true)
     }
 
-    fn make_room(&self, incoming: u64) -> FsResult<bool> {
+    /// Evicts least recently used chunks until `incoming` more bytes fit in the
+    /// budget (next to the dirty bytes) and above the free-space floor. False when
+    /// not enough can be evicted.
+    pub fn make_room(&self, incoming: u64) -> FsResult<bool> {
         loop {
             let victims = {
                 let recency = self.recency.lock();
                 let need = tierfs_policy::bytes_to_free(
-                    recency.used,
+                    recency.used() + self.dirty.load(Ordering::Relaxed),
                     incoming,
                     self.budget,
                     disk_free(&self.dir)?,
@@ -224,10 +218,8 @@ impl NvmeTier {
                 }
                 let held = self.held.lock();
                 let oldest = recency
-                    .order
-                    .iter()
-                    .filter(|((_, k), _)| !held.contains_key(&k.file))
-                    .map(|((_, k), len)| (*k, *len));
+                    .oldest()
+                    .filter(|(k, _)| !held.contains_key(&k.file));
                 tierfs_policy::lru_victims(oldest, need)
             };
             if victims.is_empty() {
@@ -249,13 +241,7 @@ impl NvmeTier {
         {
             tracing::debug!("punch hole: {e}");
         }
-        if self
-            .recency
-            .lock()
-            .tick_of
-            .keys()
-            .all(|k| k.file != key.file)
-        {
+        if self.recency.lock().file(key.file).is_none() {
             self.files.lock().remove(&key.file);
             let _ = std::fs::remove_file(self.path_of(key.file));
         }
@@ -279,11 +265,14 @@ impl NvmeTier {
         self.recency.lock().remove(key);
     }
 
-    /// Drops every chunk of a file version, as when its object changed in the store.
+    /// Drops every chunk of a file version, as when its object changed in the
+    /// store or its local copy is demoted. Records first, data second: a crash in
+    /// between leaves a file that no record points to, removed at the next start.
     pub fn drop_file(&self, file: FileId) -> FsResult<()> {
         for (key, _) in self.index.chunks_of(file)? {
             self.forget_chunk(&key);
         }
+        self.index.forget_version(file)?;
         self.files.lock().remove(&file);
         match std::fs::remove_file(self.path_of(file)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
@@ -375,7 +364,9 @@ impl NvmeTier {
     /// they pushed the tier over its budget.
     pub fn adopted(&self, chunks: &[(ChunkKey, ChunkRecord)]) {
         for (key, record) in chunks {
-            self.recency.lock().touch(*key, record.len as u64);
+            self.recency
+                .lock()
+                .touch(*key, record.len as u64, record.last_access);
             self.mark_verified(key);
         }
         if let Err(e) = self.make_room(0) {
@@ -383,9 +374,52 @@ impl NvmeTier {
         }
     }
 
+    /// Every file with chunks here: its share, and whether the kernel reads it
+    /// directly (so it must stay).
+    pub fn cached_files(&self) -> Vec<(FileId, FileUse, bool)> {
+        let recency = self.recency.lock();
+        let held = self.held.lock();
+        recency
+            .files()
+            .map(|(id, usage)| (id, usage, held.contains_key(&id)))
+            .collect()
+    }
+
+    /// Removes a file's local copy unless the kernel holds it; the bytes freed.
+    pub fn demote(&self, file: FileId) -> FsResult<u64> {
+        if self.held.lock().contains_key(&file) {
+            return Ok(0);
+        }
+        let bytes = self.recency.lock().file(file).map_or(0, |u| u.bytes);
+        self.drop_file(file)?;
+        self.stats.demoted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
     /// The cache file of a version, for tests and tools that inspect the cache.
     pub fn data_path(&self, file: FileId) -> PathBuf {
         self.path_of(file)
+    }
+}
+
+/// Removes cache files that no chunk record points to: left by a crash between
+/// dropping a file's records and its data.
+fn remove_unrecorded_files(dir: &Path, recency: &ChunkRecency) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".data"))
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+        if let Some(id) = id
+            && recency.file(FileId(id)).is_none()
+        {
+            tracing::debug!(file = ?entry.path(), "removing a cache file without records");
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -395,7 +429,7 @@ mod tests {
 
     fn tier(dir: &Path, budget: u64) -> NvmeTier {
         let index = Arc::new(ChunkIndex::open(&dir.join("index")).unwrap());
-        NvmeTier::open(dir, index, 16, budget, 0).unwrap()
+        NvmeTier::open(dir, index, 16, budget, 0, Arc::default()).unwrap()
     }
 
     fn key(f: u128, index: u64) -> ChunkKey {
@@ -403,6 +437,45 @@ mod tests {
             file: FileId(f),
             index,
         }
+    }
+
+    #[test]
+    fn dirty_bytes_take_room_that_only_clean_chunks_give_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(ChunkIndex::open(&dir.path().join("index")).unwrap());
+        let dirty = Arc::new(AtomicU64::new(0));
+        let t = NvmeTier::open(dir.path(), index, 16, 64, 0, dirty.clone()).unwrap();
+        for i in 0..4 {
+            let d = [i as u8; 16];
+            assert!(t.write(&key(1, i), &d, digest(&d)).unwrap());
+        }
+        // 32 bytes staged: two clean chunks must go to keep the sum in budget.
+        dirty.store(32, Ordering::Relaxed);
+        assert!(t.make_room(0).unwrap());
+        assert_eq!(t.used(), 32);
+        // Staged bytes alone fill the budget: nothing more is cached.
+        dirty.store(64, Ordering::Relaxed);
+        let d = [9u8; 16];
+        assert!(!t.write(&key(2, 0), &d, digest(&d)).unwrap());
+        assert_eq!(t.used(), 0);
+    }
+
+    #[test]
+    fn a_cache_file_without_records_is_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let orphan = {
+            let t = tier(dir.path(), 1000);
+            let d = [1u8; 16];
+            t.write(&key(3, 0), &d, digest(&d)).unwrap();
+            t.write(&key(4, 0), &d, digest(&d)).unwrap();
+            // As if killed between dropping the records and the data.
+            t.index.delete(&key(4, 0)).unwrap();
+            t.data_path(FileId(4))
+        };
+        let t = tier(dir.path(), 1000);
+        assert!(!orphan.exists());
+        assert!(t.data_path(FileId(3)).exists());
+        assert_eq!(t.used(), 16);
     }
 
     #[test]

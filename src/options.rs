@@ -59,6 +59,12 @@ pub struct MountOptions {
     /// How long a write waits for uploads to make room when the cache is full of
     /// data not yet in the store, before it fails with ENOSPC.
     pub dirty_wait: Duration,
+    /// Local copies of files not read for this long are removed (the store keeps
+    /// them); zero keeps them until the cache needs the room.
+    pub idle_demote: Duration,
+    /// Local copies of files whose version is older than this are removed; zero
+    /// never.
+    pub age_demote: Duration,
 }
 
 impl Default for MountOptions {
@@ -86,6 +92,8 @@ impl Default for MountOptions {
             upload_concurrency: 8,
             upload_bandwidth: 0,
             dirty_wait: Duration::from_secs(60),
+            idle_demote: Duration::ZERO,
+            age_demote: Duration::ZERO,
         }
     }
 }
@@ -265,6 +273,8 @@ impl MountOptions {
             }
             "upload_bandwidth" => self.upload_bandwidth = size(v)?,
             "dirty_wait" => self.dirty_wait = duration(v)?,
+            "idle_demote" => self.idle_demote = duration(v)?,
+            "age_demote" => self.age_demote = duration(v)?,
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
         Ok(())
@@ -293,6 +303,8 @@ impl MountOptions {
             format!("upload_concurrency={}", self.upload_concurrency),
             format!("upload_bandwidth={}", format_size(self.upload_bandwidth)),
             format!("dirty_wait={}", format_duration(self.dirty_wait)),
+            format!("idle_demote={}", format_duration(self.idle_demote)),
+            format!("age_demote={}", format_duration(self.age_demote)),
         ];
         if let Some(dir) = &self.cache_dir {
             items.push(format!("cache_dir={}", dir.display()));
@@ -368,6 +380,7 @@ mod tests {
             ("durability=cloud", "'cloud' is not local or remote"),
             ("upload_concurrency=0", "must be between 1 and 256"),
             ("upload_bandwidth=fast", "'fast' is not a size"),
+            ("idle_demote=soon", "'soon' is not a duration"),
         ];
         for (input, expected) in cases {
             let err = parse(input).unwrap_err().to_string();
@@ -429,35 +442,40 @@ mod tests {
             proptest::option::of("http://[a-z0-9.]{1,12}:[0-9]{2,5}"),
             proptest::option::of("[a-z]{2}-[a-z]{4,9}-[1-3]"),
             (any::<bool>(), 1u32..=256, 0u64..1 << 40, 0u64..100_000),
+            (0u64..1 << 36, 0u64..1 << 36),
         )
             .prop_map(
-                |(sizes, times, fetch, flags, dir, endpoint, region, upload)| MountOptions {
-                    cache_dir: dir.map(|d| PathBuf::from(format!("/{d}"))),
-                    cache_size: sizes.0,
-                    cache_min_free: sizes.1,
-                    ram_size: sizes.2,
-                    chunk_size: sizes.3 * 4096,
-                    metadata_ttl: Duration::from_millis(times.0),
-                    fetch_timeout: Duration::from_millis(times.1),
-                    fetch_retries: times.2,
-                    fuse_threads: times.3,
-                    prefetch_max: fetch.0,
-                    fetch_concurrency: fetch.1,
-                    passthrough: flags.3,
-                    read_only: flags.0,
-                    allow_other: flags.1,
-                    uid: flags.2,
-                    gid: flags.2.map(|g| g / 2),
-                    endpoint,
-                    region,
-                    durability: if upload.0 {
-                        Durability::Remote
-                    } else {
-                        Durability::Local
-                    },
-                    upload_concurrency: upload.1,
-                    upload_bandwidth: upload.2,
-                    dirty_wait: Duration::from_millis(upload.3),
+                |(sizes, times, fetch, flags, dir, endpoint, region, upload, demote)| {
+                    MountOptions {
+                        cache_dir: dir.map(|d| PathBuf::from(format!("/{d}"))),
+                        cache_size: sizes.0,
+                        cache_min_free: sizes.1,
+                        ram_size: sizes.2,
+                        chunk_size: sizes.3 * 4096,
+                        metadata_ttl: Duration::from_millis(times.0),
+                        fetch_timeout: Duration::from_millis(times.1),
+                        fetch_retries: times.2,
+                        fuse_threads: times.3,
+                        prefetch_max: fetch.0,
+                        fetch_concurrency: fetch.1,
+                        passthrough: flags.3,
+                        read_only: flags.0,
+                        allow_other: flags.1,
+                        uid: flags.2,
+                        gid: flags.2.map(|g| g / 2),
+                        endpoint,
+                        region,
+                        durability: if upload.0 {
+                            Durability::Remote
+                        } else {
+                            Durability::Local
+                        },
+                        upload_concurrency: upload.1,
+                        upload_bandwidth: upload.2,
+                        dirty_wait: Duration::from_millis(upload.3),
+                        idle_demote: Duration::from_millis(demote.0),
+                        age_demote: Duration::from_millis(demote.1),
+                    }
                 },
             )
     }

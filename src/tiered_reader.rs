@@ -96,6 +96,7 @@ impl TieredReader {
         let ram = moka::sync::Cache::builder()
             .max_capacity(budget.ram_tier)
             .eviction_policy(EvictionPolicy::lru())
+            .support_invalidation_closures()
             .weigher(|_k: &ChunkKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
             .build();
         Arc::new(TieredReader {
@@ -110,6 +111,13 @@ impl TieredReader {
             fetches: Arc::new(Semaphore::new(options.fetch_concurrency as usize)),
             stats: ReadStats::default(),
         })
+    }
+
+    /// Drops every chunk of a version from the RAM tier.
+    pub fn forget_ram(&self, file: FileId) {
+        if let Err(e) = self.ram.invalidate_entries_if(move |k, _| k.file == file) {
+            tracing::debug!("RAM tier invalidation: {e}");
+        }
     }
 
     pub fn nvme(&self) -> &NvmeTier {

@@ -16,8 +16,10 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
 use crate::chunk::ChunkLayout;
+use crate::chunk_index::VersionInfo;
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
+use crate::nvme_tier::now_secs;
 use crate::options::Durability;
 use crate::staging::{StagingArea, seal_digests};
 use crate::uploader::{Skipped, Uploaded, Uploader};
@@ -74,8 +76,9 @@ pub struct WriteSide {
     files: Mutex<HashMap<u64, Arc<StagedFile>>>,
     /// Staged files with an upload task; true asks it to run once more.
     uploads: Mutex<HashMap<u64, bool>>,
-    /// Bytes staged and not yet verified in the store.
-    dirty: AtomicU64,
+    /// Bytes staged and not yet verified in the store; the NVMe tier counts them
+    /// against its budget and never evicts them.
+    dirty: Arc<AtomicU64>,
     room: Notify,
 }
 
@@ -84,6 +87,7 @@ impl WriteSide {
         registry: Arc<WriteRegistry>,
         staging: Arc<StagingArea>,
         uploader: Arc<Uploader>,
+        dirty: Arc<AtomicU64>,
     ) -> WriteSide {
         WriteSide {
             registry,
@@ -91,7 +95,7 @@ impl WriteSide {
             uploader,
             files: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
-            dirty: AtomicU64::new(0),
+            dirty,
             room: Notify::new(),
         }
     }
@@ -227,6 +231,9 @@ impl EngineCore {
                 self.options().cache_size
             )));
         }
+        if growth > 0 {
+            self.room_on_nvme(growth);
+        }
         staged.file.write_all_at(data, offset)?;
         let size = {
             let mut state = staged.state.lock();
@@ -242,6 +249,18 @@ impl EngineCore {
             n.mtime = std::time::SystemTime::now();
         });
         Ok(data.len() as u32)
+    }
+
+    /// Evicts clean cached chunks when staged bytes growing by `growth` would
+    /// push the cache past its size; a cheap sum decides before any eviction.
+    fn room_on_nvme(&self, growth: u64) {
+        let nvme = self.reader().nvme();
+        if nvme.used() + self.writes().dirty_bytes() + growth <= nvme.budget() {
+            return;
+        }
+        if let Err(e) = nvme.make_room(growth) {
+            tracing::warn!("evicting cached chunks for written data failed: {e}");
+        }
     }
 
     /// Waits up to `dirty_wait` for uploads to make room, then writes.
@@ -531,7 +550,11 @@ impl EngineCore {
                 layout,
                 &sealed.chunk_digests,
             )?;
-            registry.commit_upload(id, self.object_id(&up.key), file, &chunks)?;
+            let info = VersionInfo {
+                created: now_secs(),
+                key: up.key.clone(),
+            };
+            registry.commit_upload(id, self.object_id(&up.key), (file, &info), &chunks)?;
             if let Some(st) = state.as_mut() {
                 st.adopted = true;
             }

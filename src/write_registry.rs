@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, DIRS, FileId, STAGED};
+use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, DIRS, FileId, STAGED, VersionInfo};
 use crate::error::{FsError, FsResult};
 use crate::staging::SealedDigests;
 
@@ -165,13 +165,14 @@ impl WriteRegistry {
         &self,
         id: u64,
         object: u128,
-        file: FileId,
+        file: (FileId, &VersionInfo),
         chunks: &[(ChunkKey, ChunkRecord)],
     ) -> FsResult<()> {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.index.cf(STAGED), id.to_be_bytes());
         self.index.put_chunks_in(&mut batch, chunks);
-        self.index.bind_object_in(&mut batch, object, file);
+        self.index
+            .bind_object_in(&mut batch, object, file.0, file.1);
         self.write(batch, true)
     }
 

@@ -264,3 +264,59 @@ async fn readahead_shrinks_to_the_memory_budget() {
     assert!(reader.stats.prefetch_skipped.load(Ordering::Relaxed) > 0);
     assert!(reader.stats.prefetched.load(Ordering::Relaxed) > 0);
 }
+
+/// Local copies leave by rule: a file idle past the limit, or a version older than
+/// the age limit, is removed from NVMe and RAM and read again from the store; a
+/// file a handle has open stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_old_copies_are_demoted_and_read_again_from_the_store() {
+    use tierfs_policy::DemoteRule;
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        random_bytes((3 * CHUNK) as usize, 5),
+        random_bytes((2 * CHUNK + 9) as usize, 6),
+    );
+    std::fs::write(store.path().join("a.bin"), &a).unwrap();
+    std::fs::write(store.path().join("b.bin"), &b).unwrap();
+    let core = core(store.path(), cache.path(), Duration::from_secs(60));
+    let fa = open_path(&core, "a.bin").await;
+    assert_eq!(&core.read(fa, 0, a.len() as u32).await.unwrap()[..], &a[..]);
+    let version_a = core.handle_version(fa).unwrap();
+    core.release(fa);
+    let fb = open_path(&core, "b.bin").await;
+    assert_eq!(&core.read(fb, 0, b.len() as u32).await.unwrap()[..], &b[..]);
+    wait_for_nvme(&core, (a.len() + b.len()) as u64).await;
+
+    let now = tierfs::nvme_tier::now_secs();
+    let idle = DemoteRule {
+        idle: Some(3600),
+        age: None,
+    };
+    // Nothing has been idle for an hour yet.
+    assert_eq!(core.demote_by_rule(idle, now).unwrap(), 0);
+    // Two hours on: a.bin leaves; b.bin is open and stays.
+    let freed = core.demote_by_rule(idle, now + 7200).unwrap();
+    assert_eq!(freed, a.len() as u64);
+    assert!(!core.cache_file(version_a.id).exists());
+    assert_eq!(core.reader().nvme().used(), b.len() as u64);
+    let fa = open_path(&core, "a.bin").await;
+    let fetched = core.reader().stats.store_fetches.load(Ordering::Relaxed);
+    assert_eq!(&core.read(fa, 0, a.len() as u32).await.unwrap()[..], &a[..]);
+    assert!(
+        core.reader().stats.store_fetches.load(Ordering::Relaxed) > fetched,
+        "a demoted file is read from the store, not from RAM"
+    );
+    core.release(fa);
+    core.release(fb);
+
+    // By age: both versions were made (mtime) just now; a day later both go.
+    let old = DemoteRule {
+        idle: None,
+        age: Some(86_400),
+    };
+    assert_eq!(core.demote_by_rule(old, now + 60).unwrap(), 0);
+    wait_for_nvme(&core, (a.len() + b.len()) as u64).await;
+    let freed = core.demote_by_rule(old, now + 2 * 86_400).unwrap();
+    assert_eq!(freed, (a.len() + b.len()) as u64);
+    assert_eq!(core.reader().nvme().used(), 0);
+}

@@ -259,10 +259,12 @@ fn fsynced_files_survive_sigkill() {
     let cache = tempfile::tempdir().unwrap();
     let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
     for round in 0..4u64 {
+        // Demotion after one idle second: kills also land while local copies
+        // of uploaded files are being removed.
         let mount = Mount::new(
             &backend,
             cache.path(),
-            &["chunk_size=1M", "upload_concurrency=2"],
+            &["chunk_size=1M", "upload_concurrency=2", "idle_demote=1s"],
         );
         let pid = daemon_pid(&mount).expect("the daemon runs");
         // Files fsynced in this round: each must survive.
@@ -306,4 +308,44 @@ fn fsynced_files_survive_sigkill() {
         mount.log().contains("resuming uploads")
             || expected.iter().all(|(k, _)| backend.get(k).is_some())
     );
+    // Every upload cut by a kill was resumed and completed, or aborted.
+    let mut backend = backend;
+    let server = backend.s3_server();
+    assert!(
+        wait_for(UPLOAD_WAIT, || server.open_multipart_uploads().is_empty()),
+        "multipart uploads left open: {:?}",
+        server.open_multipart_uploads()
+    );
+}
+
+/// Old data moves to cheaper storage: once uploaded and idle past `idle_demote`,
+/// a file's local copy goes, it still reads back from the store, and the log
+/// shows the uploads.
+#[test]
+fn idle_uploaded_files_leave_the_cache_and_read_back_from_the_store() {
+    let backend = Backend::s3();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M", "idle_demote=2s"]);
+    let data = random_bytes((5 << 20) + 77, 7);
+    let mut f = File::create(mount.path("ckpt.bin")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_in_store(&backend, "ckpt.bin", &data);
+    let cached = || {
+        std::fs::read_dir(cache.path().join("chunks"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_for(UPLOAD_WAIT, || mount.log().contains("local copy demoted")),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(cached(), 0, "{}", mount.log());
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    assert!(std::fs::read(mount.path("ckpt.bin")).unwrap() == data);
+    let log = mount.log();
+    assert!(log.contains("uploads: 0 pending"), "{log}");
+    assert!(log.contains("1 completed"), "{log}");
 }

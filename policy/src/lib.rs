@@ -2,8 +2,10 @@
 //! budgets and the time to what should move. No I/O and no runtime, so every
 //! decision can be tested and simulated on its own.
 
+pub mod demotion;
 pub mod eviction;
 pub mod readahead;
 
+pub use demotion::{CachedFile, DemoteReason, DemoteRule, files_to_demote};
 pub use eviction::{bytes_to_free, lru_victims};
 pub use readahead::{ReadaheadPlan, ReadaheadState, plan_readahead};

@@ -1,0 +1,149 @@
+//! Background work of a mount that no request waits for: removing local copies
+//! that the demotion rule picks (idle or old files; the store keeps them), and
+//! reporting the uploads in the log whenever their numbers change.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tierfs_policy::{CachedFile, DemoteRule, files_to_demote};
+
+use crate::chunk_index::FileId;
+use crate::engine::EngineCore;
+use crate::error::FsResult;
+use crate::nvme_tier::now_secs;
+use crate::options::MountOptions;
+use crate::size::format_size;
+
+/// The demotion rule the options give; a zero duration turns its rule off.
+pub fn demote_rule(options: &MountOptions) -> DemoteRule {
+    let secs = |d: Duration| (!d.is_zero()).then(|| d.as_secs().max(1));
+    DemoteRule {
+        idle: secs(options.idle_demote),
+        age: secs(options.age_demote),
+    }
+}
+
+/// How often the rule is applied: a quarter of its shortest limit, between one
+/// second and five (the upload report shares the tick).
+fn tick_period(rule: DemoteRule) -> Duration {
+    let shortest = rule.idle.into_iter().chain(rule.age).min().unwrap_or(20);
+    Duration::from_secs((shortest / 4).clamp(1, 5))
+}
+
+/// Pending, running and finished uploads, as one log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub pending: usize,
+    pub in_flight: u64,
+    pub failed_attempts: u64,
+    pub completed: u64,
+    pub bytes_uploaded: u64,
+    pub dirty_bytes: u64,
+}
+
+impl std::fmt::Display for UploadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "uploads: {} pending, {} parts in flight, {} failed attempts, {} completed, {} uploaded; {} not yet in the store",
+            self.pending,
+            self.in_flight,
+            self.failed_attempts,
+            self.completed,
+            format_size(self.bytes_uploaded),
+            format_size(self.dirty_bytes)
+        )
+    }
+}
+
+impl EngineCore {
+    pub(crate) fn start_housekeeping(self: &Arc<Self>) {
+        let rule = demote_rule(self.options());
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(tick_period(rule));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut last_report = None;
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { return };
+                if !rule.is_off() {
+                    let worker = core.clone();
+                    let demoted = tokio::task::spawn_blocking(move || {
+                        worker.demote_by_rule(rule, now_secs())
+                    })
+                    .await;
+                    match demoted {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("demotion failed: {e}"),
+                        Err(e) => tracing::warn!("demotion stopped: {e}"),
+                    }
+                }
+                let report = core.upload_report();
+                if last_report.as_ref() != Some(&report) {
+                    tracing::info!("{report}");
+                    last_report = Some(report);
+                }
+            }
+        });
+    }
+
+    pub fn upload_report(&self) -> UploadReport {
+        let stats = &self.uploader().stats;
+        UploadReport {
+            pending: self.pending_uploads(),
+            in_flight: stats.in_flight.load(Ordering::Relaxed),
+            failed_attempts: stats.failed_attempts.load(Ordering::Relaxed),
+            completed: stats.completed.load(Ordering::Relaxed),
+            bytes_uploaded: stats.bytes_uploaded.load(Ordering::Relaxed),
+            dirty_bytes: self.dirty_bytes(),
+        }
+    }
+
+    /// Removes the local copies (NVMe and RAM) of the files `rule` picks at `now`,
+    /// leaving alone those the kernel reads directly or a handle has open.
+    /// Returns the bytes freed. Blocking.
+    pub fn demote_by_rule(&self, rule: DemoteRule, now: u64) -> FsResult<u64> {
+        let nvme = self.reader().nvme();
+        let open: HashSet<FileId> = self.open_versions();
+        let files: Vec<CachedFile<FileId>> = nvme
+            .cached_files()
+            .into_iter()
+            .map(|(id, usage, held)| CachedFile {
+                key: id,
+                bytes: usage.bytes,
+                last_access: usage.last_access,
+                created: match rule.age {
+                    Some(_) => self
+                        .index()
+                        .version_info(id)
+                        .ok()
+                        .flatten()
+                        .map(|v| v.created),
+                    None => None,
+                },
+                held: held || open.contains(&id),
+            })
+            .collect();
+        let mut freed = 0;
+        for (id, reason) in files_to_demote(&files, rule, now) {
+            let name = self
+                .index()
+                .version_info(id)
+                .ok()
+                .flatten()
+                .map_or_else(|| id.hex(), |v| v.key);
+            let bytes = nvme.demote(id)?;
+            self.reader().forget_ram(id);
+            tracing::info!(
+                path = %name,
+                "local copy demoted ({reason}): {} freed, the store keeps it",
+                format_size(bytes)
+            );
+            freed += bytes;
+        }
+        Ok(freed)
+    }
+}
