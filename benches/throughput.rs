@@ -12,6 +12,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod harness;
 
 use std::fs::File;
 use std::io::Read;
@@ -21,31 +22,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
+use harness::{MB, Row, drop_page_cache, median};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-
-const MB: f64 = 1e6;
-
-struct Row {
-    case: String,
-    tierfs: f64,
-    baseline_name: String,
-    baseline: f64,
-    unit: &'static str,
-    goal: &'static str,
-    rss_mib: Option<f64>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn drop_page_cache() -> bool {
-    Command::new("sync").status().ok();
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
 
 /// Reads a whole file sequentially in `bs`-byte reads; MB/s.
 fn read_speed(path: &Path, bs: usize) -> f64 {
@@ -146,15 +126,11 @@ fn raw_parallel_get(client: &dyn ObjectStore, key: &str, size: u64, concurrency:
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let env_num = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let file_mb = env_num("TIERFS_BENCH_FILE_MB", if full { 1024 } else { 16 });
-    let runs = env_num("TIERFS_BENCH_RUNS", if full { 3 } else { 1 });
+    let harness::Scale {
+        full,
+        file_mb,
+        runs,
+    } = harness::Scale::from_env(16);
     let size = (file_mb as u64) << 20;
     let backend = Backend::s3();
     let Backend::S3(server) = &backend else {
@@ -541,59 +517,19 @@ fn peer_cold_read(server: &S3Server, tool: &str, scratch: &Path, runs: usize) ->
 }
 
 fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) {
-    let mut out = String::new();
-    out.push_str("| case | tierfs | baseline | baseline | ratio | goal | daemon peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
-    for r in rows {
-        let ratio = if r.baseline.is_finite() {
-            format!("{:.2}", r.tierfs / r.baseline)
-        } else {
-            "-".into()
-        };
-        let baseline = if r.baseline.is_finite() {
-            format!("{:.0} {}", r.baseline, r.unit)
-        } else {
-            "-".into()
-        };
-        let rss = r
-            .rss_mib
-            .map(|m| format!("{m:.0}"))
-            .unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            "| {} | {:.0} {} | {} | {} | {} | {} | {} |\n",
-            r.case, r.tierfs, r.unit, r.baseline_name, baseline, ratio, r.goal, rss
-        ));
-    }
-    println!("{out}");
+    let table = harness::render_table(rows);
+    println!("{table}");
     if !full {
         return;
     }
-    let sh_out = |c: &str| {
-        Command::new("bash")
-            .arg("-c")
-            .arg(c)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
-    let machine = format!(
-        "{} CPUs ({}), {} memory, kernel {}",
-        sh_out("nproc"),
-        sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
-        sh_out("free -h | awk '/Mem:/{print $2}'"),
-        sh_out("uname -r")
+    harness::write_section(
+        "throughput",
+        &format!(
+            "Measured by `cargo bench --bench throughput` (see benches/throughput.rs) on {}, \
+             against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case; \
+             page cache dropped between cold runs: {dropped}. Each ratio divides the tierfs figure by the \
+             baseline measured in the same run.\n\n{table}",
+            harness::machine()
+        ),
     );
-    let doc = format!(
-        "# Benchmarks\n\nMeasured by `cargo bench --bench throughput` (see benches/throughput.rs) on {machine}, \
-         against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case; \
-         page cache dropped between cold runs: {dropped}. Each ratio divides the tierfs figure by the \
-         baseline measured in the same run.\n\n{out}\n"
-    );
-    // The hand-written analysis below the table survives a new run.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-    let analysis = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|old| old.find("\n## Analysis").map(|at| old[at..].to_string()))
-        .unwrap_or_default();
-    std::fs::write(path, doc + &analysis).unwrap();
-    println!("wrote BENCHMARKS.md");
 }

@@ -1,0 +1,117 @@
+//! What the benchmarks share: a row of the results table, medians, dropping the
+//! page cache, and writing a benchmark's section of BENCHMARKS.md.
+#![allow(dead_code)]
+
+use std::process::Command;
+
+pub const MB: f64 = 1e6;
+
+pub struct Row {
+    pub case: String,
+    pub tierfs: f64,
+    pub baseline_name: String,
+    pub baseline: f64,
+    pub unit: &'static str,
+    pub goal: &'static str,
+    pub rss_mib: Option<f64>,
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn drop_page_cache() -> bool {
+    Command::new("sync").status().ok();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+/// A benchmark's size and runs: the full figures under `cargo bench`, a smoke
+/// run otherwise (as `cargo test --all-targets` runs it).
+pub struct Scale {
+    pub full: bool,
+    pub file_mb: usize,
+    pub runs: usize,
+}
+
+impl Scale {
+    pub fn from_env(smoke_mb: usize) -> Scale {
+        let full = std::env::args().any(|a| a == "--bench");
+        let env_num = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Scale {
+            full,
+            file_mb: env_num("TIERFS_BENCH_FILE_MB", if full { 1024 } else { smoke_mb }),
+            runs: env_num("TIERFS_BENCH_RUNS", if full { 3 } else { 1 }),
+        }
+    }
+}
+
+/// The results as a Markdown table with the ratio of each row to its baseline.
+pub fn render_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str("| case | tierfs | baseline | baseline | ratio | goal | daemon peak RSS (MiB) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        let (ratio, baseline) = if r.baseline.is_finite() {
+            (
+                format!("{:.2}", r.tierfs / r.baseline),
+                format!("{:.0} {}", r.baseline, r.unit),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
+        let rss = r
+            .rss_mib
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "| {} | {:.0} {} | {} | {} | {} | {} | {} |\n",
+            r.case, r.tierfs, r.unit, r.baseline_name, baseline, ratio, r.goal, rss
+        ));
+    }
+    out
+}
+
+/// The machine in one line.
+pub fn machine() -> String {
+    let sh_out = |c: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(c)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "{} CPUs ({}), {} memory, kernel {}",
+        sh_out("nproc"),
+        sh_out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs"),
+        sh_out("free -h | awk '/Mem:/{print $2}'"),
+        sh_out("uname -r")
+    )
+}
+
+/// Replaces benchmark `name`'s section of BENCHMARKS.md (between
+/// `<!-- name -->` and `<!-- /name -->`), or adds it before the hand-written
+/// analysis; everything else in the file stays.
+pub fn write_section(name: &str, body: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let section = format!("{open}\n{}\n{close}", body.trim_end());
+    let new = match (old.find(&open), old.find(&close)) {
+        (Some(start), Some(end)) if end > start => {
+            format!("{}{section}{}", &old[..start], &old[end + close.len()..])
+        }
+        _ => match old.find("\n## Analysis") {
+            Some(at) => format!("{}\n{section}\n{}", &old[..at], &old[at..]),
+            None => format!("{}\n{section}\n", old.trim_end()),
+        },
+    };
+    std::fs::write(path, new).unwrap();
+    println!("wrote the {name} section of BENCHMARKS.md");
+}
