@@ -22,8 +22,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::*;
-use harness::{MB, Row, drop_page_cache, median};
 use futures::StreamExt;
+use harness::{MB, Row, drop_page_cache, median};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 

@@ -34,13 +34,32 @@ pub struct StoreClient {
 }
 
 impl StoreClient {
+    /// After an object moved away from `key`: on a local store, removes the
+    /// directories above it that are now empty (renames leave them, and the
+    /// mount would list them), up to the store's root. Nothing for a bucket.
+    pub fn prune_empty_parents(&self, key: &str) {
+        let Some(root) = &self.local_root else {
+            return;
+        };
+        let mut dir = root.join(key);
+        while dir.pop() && dir.starts_with(root) && dir != *root {
+            if std::fs::remove_dir(&dir).is_err() {
+                break;
+            }
+        }
+    }
+
     /// A store over a local directory.
     pub fn local(dir: &FsPath) -> Result<StoreClient, StoreError> {
         check_local_dir(dir)?;
         let root = std::fs::canonicalize(dir)
             .map_err(|e| StoreError(format!("store directory {}: {e}", dir.display())))?;
-        let store =
-            LocalFileSystem::new_with_prefix(&root).map_err(|e| StoreError(error_chain(&e)))?;
+        // Written objects are synced to disk before a write counts as done, and a
+        // directory that its last object left is removed, as a bucket has none.
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| StoreError(error_chain(&e)))?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
         Ok(StoreClient {
             objects: Arc::new(store),
             multipart: None,

@@ -187,7 +187,11 @@ impl EngineCore {
             }
         };
         let store = self.store().clone();
-        futures::stream::iter(in_store.into_iter().filter(|k| !staged_keys.contains(k)))
+        let moved: Vec<String> = in_store
+            .into_iter()
+            .filter(|k| !staged_keys.contains(k))
+            .collect();
+        futures::stream::iter(moved.clone())
             .map(|key| {
                 let store = store.clone();
                 async move {
@@ -201,6 +205,10 @@ impl EngineCore {
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
             .await?;
+        let client = self.writes().uploader.client();
+        for key in &moved {
+            client.prune_empty_parents(key);
+        }
         let dirs: Vec<(String, String)> = registry
             .dirs()?
             .into_iter()
@@ -233,6 +241,7 @@ impl EngineCore {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(FsError::from_store(e)),
             }
+            client.prune_empty_parents(&key);
         }
         Ok(())
     }

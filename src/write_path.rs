@@ -480,6 +480,7 @@ impl EngineCore {
                     .rename(&from, &to)
                     .await
                     .map_err(FsError::from_store)?;
+                client.prune_empty_parents(&up.key);
                 let etag = self.writes().uploader.verify(&key, &sealed, None).await?;
                 up.key = key;
                 up.etag = etag;

@@ -154,6 +154,14 @@ fn every_operation(backend: Backend) {
     assert_gone_from_store(&backend, "tmpname");
     assert_gone_from_store(&backend, "dir/sub/w.bin");
     assert!(mount.log().contains("uploaded and verified"));
+    if let Backend::Local(store) = &backend {
+        // Renames and removals leave no empty directories behind in the store,
+        // which a later listing would show again.
+        assert!(
+            wait_for(UPLOAD_WAIT, || !store.path().join("dir").exists()),
+            "dir/ stayed in the store directory"
+        );
+    }
 
     // A fresh mount with an empty cache sees the same files.
     mount.unmount();
