@@ -197,6 +197,15 @@ impl ChunkIndex {
         Ok(out)
     }
 
+    /// The version the object named `object` is bound to.
+    pub fn bound_version(&self, object: u128) -> FsResult<Option<FileId>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(OBJECTS), object.to_be_bytes())?
+            .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
+            .map(|b| FileId(u128::from_be_bytes(b))))
+    }
+
     /// Records that the object named `object` is now at version `file`, and returns
     /// the version it was at before when that differs.
     pub fn bind_object(
@@ -205,11 +214,7 @@ impl ChunkIndex {
         file: FileId,
         info: &VersionInfo,
     ) -> FsResult<Option<FileId>> {
-        let old = self
-            .db
-            .get_pinned_cf(self.cf(OBJECTS), object.to_be_bytes())?
-            .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
-            .map(|b| FileId(u128::from_be_bytes(b)));
+        let old = self.bound_version(object)?;
         if old == Some(file) && self.version_info(file)?.is_some() {
             return Ok(None);
         }

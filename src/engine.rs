@@ -26,6 +26,7 @@ use crate::namespace::{Namespace, Node};
 use crate::nvme_tier::NvmeTier;
 use crate::options::MountOptions;
 use crate::tiered_reader::{FileVersion, TieredReader};
+use crate::version_keeper::KeptVersions;
 use tierfs_policy::{ReadaheadState, plan_readahead};
 
 /// An open file: the version it reads and how its reader moves through it, or
@@ -77,6 +78,7 @@ pub struct EngineCore {
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
+    kept: KeptVersions,
     pub stats: EngineStats,
 }
 
@@ -128,6 +130,7 @@ impl EngineCore {
             last_opened: Mutex::new(HashMap::new()),
             cached_opens: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            kept: KeptVersions::default(),
             stats: EngineStats::default(),
         });
         core.recover_writes()?;
@@ -150,6 +153,20 @@ impl EngineCore {
             .values()
             .filter_map(|open| open.version.as_ref().map(|v| v.id))
             .collect()
+    }
+
+    /// The versions of the object at `key` that open handles read.
+    pub(crate) fn open_versions_of(&self, key: &str) -> Vec<Arc<FileVersion>> {
+        self.files
+            .lock()
+            .values()
+            .filter_map(|open| open.version.clone())
+            .filter(|v| v.path.as_ref() == key)
+            .collect()
+    }
+
+    pub(crate) fn kept(&self) -> &KeptVersions {
+        &self.kept
     }
 
     pub(crate) fn ns(&self) -> &Namespace {
@@ -470,7 +487,7 @@ impl EngineCore {
         };
         if let Some(old) = self.index.bind_object(object, id, &info)? {
             tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");
-            self.reader.nvme().drop_file(old)?;
+            self.retire_version(old)?;
         }
         Ok(Arc::new(FileVersion {
             path: Path::parse(&node.path).map_err(|e| FsError::Store(e.to_string()))?,
@@ -532,6 +549,9 @@ impl EngineCore {
         let Some(version) = &open.version else {
             return;
         };
+        if !self.open_versions().contains(&version.id) {
+            self.version_closed(version.id);
+        }
         tracing::debug!(
             path = %version.path,
             widest_readahead = open.widest_window.load(Ordering::Relaxed),

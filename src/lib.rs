@@ -19,6 +19,7 @@ pub mod staging;
 pub mod store;
 pub mod tiered_reader;
 pub mod uploader;
+pub mod version_keeper;
 pub mod write_ops;
 pub mod write_path;
 pub mod write_registry;

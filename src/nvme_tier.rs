@@ -315,6 +315,11 @@ impl NvmeTier {
         }
     }
 
+    /// Keeps a file's chunks from eviction until [`NvmeTier::unhold`].
+    pub fn hold(&self, file: FileId) {
+        *self.held.lock().entry(file).or_default() += 1;
+    }
+
     pub fn unhold(&self, file: FileId) {
         let mut held = self.held.lock();
         if let Some(n) = held.get_mut(&file) {

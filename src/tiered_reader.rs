@@ -289,6 +289,16 @@ impl TieredReader {
         let get = async {
             let _slot = self.fetches.acquire().await;
             let result = self.store.get_opts(&file.path, options).await?;
+            // Some servers ignore If-Match: a body of another version is refused
+            // here, never served as this one.
+            if let (Some(want), Some(got)) = (&file.etag, &result.meta.e_tag)
+                && want != got
+            {
+                return Err(object_store::Error::Precondition {
+                    path: file.path.to_string(),
+                    source: format!("the object is at ETag {got}, not {want}").into(),
+                });
+            }
             result.bytes().await
         };
         let bytes = tokio::time::timeout(self.fetch_timeout, get)

@@ -146,6 +146,8 @@ impl EngineCore {
                     self.writes().registry.delete_dir(&target.path)?;
                 }
                 (FileKind::File, FileKind::File) => {
+                    // Readers of the replaced file keep its bytes.
+                    self.keep_versions_for_readers(&target.path).await;
                     if let Some(id) = target.staged {
                         self.drop_staged(id)?;
                     }

@@ -419,6 +419,9 @@ impl EngineCore {
     }
 
     async fn upload_task(self: Arc<Self>, id: u64) {
+        if let Ok(Some(record)) = self.writes().registry.get(id) {
+            self.keep_versions_for_readers(&record.key).await;
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = match self.writes().uploader.upload(id).await {
@@ -475,6 +478,7 @@ impl EngineCore {
             }
             if key != up.key {
                 let (from, to) = (parse_key(&up.key)?, parse_key(&key)?);
+                self.keep_versions_for_readers(&key).await;
                 client
                     .objects
                     .rename(&from, &to)
@@ -555,7 +559,12 @@ impl EngineCore {
                 created: now_secs(),
                 key: up.key.clone(),
             };
-            registry.commit_upload(id, self.object_id(&up.key), (file, &info), &chunks)?;
+            let object = self.object_id(&up.key);
+            let previous = self.index().bound_version(object)?;
+            registry.commit_upload(id, object, (file, &info), &chunks)?;
+            if let Some(previous) = previous.filter(|p| *p != file) {
+                self.retire_version(previous)?;
+            }
             if let Some(st) = state.as_mut() {
                 st.adopted = true;
             }

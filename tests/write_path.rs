@@ -357,3 +357,40 @@ fn idle_uploaded_files_leave_the_cache_and_read_back_from_the_store() {
     assert!(log.contains("uploads: 0 pending"), "{log}");
     assert!(log.contains("1 completed"), "{log}");
 }
+
+/// A checkpoint replaced the way libraries do it (written under a temporary name,
+/// renamed over the old one) while a reader has the old one open: the reader keeps
+/// reading the old bytes, also those it had not read before the new version
+/// replaced the object in the store; a new open sees the new version.
+#[test]
+fn readers_of_a_replaced_file_keep_the_old_bytes() {
+    let backend = Backend::s3();
+    let old = random_bytes(24 << 20, 70);
+    backend.put("model.bin", &old);
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M", "prefetch_max=0"]);
+    let reader = File::open(mount.path("model.bin")).unwrap();
+    let mut head = vec![0u8; 1 << 20];
+    reader.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == old[..1 << 20]);
+
+    let new = random_bytes(24 << 20, 71);
+    std::fs::write(mount.path("model.bin.tmp"), &new).unwrap();
+    std::fs::rename(mount.path("model.bin.tmp"), mount.path("model.bin")).unwrap();
+    assert_in_store(&backend, "model.bin", &new);
+    assert!(
+        wait_for(UPLOAD_WAIT, || mount
+            .log()
+            .contains("uploaded and verified")),
+        "{}",
+        mount.log()
+    );
+
+    // Past the kernel's page cache, so the reads reach tierfs with the old handle.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    let mut rest = vec![0u8; old.len() - (1 << 20)];
+    reader.read_exact_at(&mut rest, 1 << 20).unwrap();
+    assert!(rest == old[1 << 20..], "the old reader saw other bytes");
+    assert!(std::fs::read(mount.path("model.bin")).unwrap() == new);
+    drop(reader);
+}

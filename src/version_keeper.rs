@@ -1,0 +1,80 @@
+//! Readers that opened a file before it was overwritten through the mount keep
+//! reading the bytes they opened. Before an upload replaces the object, the
+//! versions that open handles read are fetched whole onto NVMe and held there;
+//! a version that is no longer current is dropped when its last handle closes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::chunk::ChunkLayout;
+use crate::chunk_index::FileId;
+use crate::engine::EngineCore;
+use crate::error::FsResult;
+use crate::tiered_reader::FileVersion;
+
+#[derive(Default)]
+pub struct KeptVersions {
+    /// Versions held on NVMe for their readers.
+    held: Mutex<HashMap<FileId, Arc<FileVersion>>>,
+    /// Versions no longer current, dropped once no handle reads them.
+    retired: Mutex<HashSet<FileId>>,
+}
+
+impl EngineCore {
+    /// Before an upload replaces the object at `key`: the versions of it that
+    /// open handles read are fetched whole and held until their last handle
+    /// closes. Best effort: a chunk that cannot be fetched is logged, and a
+    /// reader that needs it later gets EIO rather than new bytes.
+    pub(crate) async fn keep_versions_for_readers(&self, key: &str) {
+        let versions: Vec<Arc<FileVersion>> = self
+            .open_versions_of(key)
+            .into_iter()
+            .filter(|v| {
+                let newly = self.kept().held.lock().insert(v.id, v.clone()).is_none();
+                if newly {
+                    self.reader().nvme().hold(v.id);
+                }
+                newly
+            })
+            .collect();
+        for version in versions {
+            let layout = ChunkLayout::new(self.options().chunk_size, version.size);
+            for index in 0..layout.chunk_count() {
+                if let Err(e) = self.reader().chunk(&version, index).await {
+                    tracing::warn!(path = %version.path, "cannot keep the version open readers read: {e}");
+                    break;
+                }
+            }
+            tracing::debug!(path = %version.path, "kept the version open readers read");
+        }
+    }
+
+    /// Version `id` is no longer current: its chunks go now, or when the last
+    /// handle reading it closes.
+    pub(crate) fn retire_version(&self, id: FileId) -> FsResult<()> {
+        if self.open_versions().contains(&id) {
+            self.kept().retired.lock().insert(id);
+            return Ok(());
+        }
+        self.drop_version(id)
+    }
+
+    /// The last handle reading version `id` closed.
+    pub(crate) fn version_closed(&self, id: FileId) {
+        if self.kept().held.lock().remove(&id).is_some() {
+            self.reader().nvme().unhold(id);
+        }
+        if self.kept().retired.lock().remove(&id)
+            && let Err(e) = self.drop_version(id)
+        {
+            tracing::warn!("dropping an old version failed: {e}");
+        }
+    }
+
+    fn drop_version(&self, id: FileId) -> FsResult<()> {
+        self.reader().forget_ram(id);
+        self.reader().nvme().drop_file(id)
+    }
+}
