@@ -18,6 +18,7 @@ pub mod size;
 pub mod staging;
 pub mod store;
 pub mod tiered_reader;
+pub mod upload_jobs;
 pub mod uploader;
 pub mod version_keeper;
 pub mod write_ops;

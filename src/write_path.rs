@@ -9,20 +9,16 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use object_store::ObjectStoreExt;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
-use crate::chunk::ChunkLayout;
-use crate::chunk_index::VersionInfo;
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
-use crate::nvme_tier::now_secs;
 use crate::options::Durability;
 use crate::staging::{StagingArea, seal_digests};
-use crate::uploader::{Skipped, Uploaded, Uploader};
+use crate::uploader::Uploader;
 use crate::write_registry::{SealedUpload, StagedRecord, WriteRegistry};
 
 /// One staged file, shared by every handle open on it.
@@ -30,23 +26,23 @@ pub struct StagedFile {
     pub id: u64,
     pub ino: u64,
     pub file: File,
-    state: Mutex<StagedState>,
+    pub(crate) state: Mutex<StagedState>,
     /// The newest seal generation verified in the store.
-    verified: watch::Sender<u64>,
+    pub(crate) verified: watch::Sender<u64>,
 }
 
 #[derive(Default)]
-struct StagedState {
-    size: u64,
+pub(crate) struct StagedState {
+    pub size: u64,
     /// Bumped by every change; a seal records the generation it hashed.
-    generation: u64,
-    sealed: u64,
-    writers: usize,
+    pub generation: u64,
+    pub sealed: u64,
+    pub writers: usize,
     /// Unlinked, or replaced by a rename: never sealed or uploaded again.
-    gone: bool,
+    pub gone: bool,
     /// Uploaded and made the cached copy of the object: a new writer stages
     /// a new file.
-    adopted: bool,
+    pub adopted: bool,
 }
 
 impl StagedFile {
@@ -73,9 +69,9 @@ pub struct WriteSide {
     pub registry: Arc<WriteRegistry>,
     pub staging: Arc<StagingArea>,
     pub uploader: Arc<Uploader>,
-    files: Mutex<HashMap<u64, Arc<StagedFile>>>,
+    pub(crate) files: Mutex<HashMap<u64, Arc<StagedFile>>>,
     /// Staged files with an upload task; true asks it to run once more.
-    uploads: Mutex<HashMap<u64, bool>>,
+    pub(crate) uploads: Mutex<HashMap<u64, bool>>,
     /// Bytes staged and not yet verified in the store; the NVMe tier counts them
     /// against its budget and never evicts them.
     dirty: Arc<AtomicU64>,
@@ -109,7 +105,7 @@ impl WriteSide {
         self.uploads.lock().len()
     }
 
-    fn add_dirty(&self, delta: i64) {
+    pub(crate) fn add_dirty(&self, delta: i64) {
         if delta >= 0 {
             self.dirty.fetch_add(delta as u64, Ordering::Relaxed);
         } else {
@@ -402,183 +398,6 @@ impl EngineCore {
                 .map_err(|_| FsError::Store("the upload was dropped".into()))?;
         }
         Ok(())
-    }
-
-    /// Starts the upload of a staged file, or asks the running one to go again.
-    pub(crate) fn queue_upload(self: &Arc<Self>, id: u64) {
-        {
-            let mut uploads = self.writes().uploads.lock();
-            if let Some(again) = uploads.get_mut(&id) {
-                *again = true;
-                return;
-            }
-            uploads.insert(id, false);
-        }
-        let core = self.clone();
-        tokio::spawn(async move { core.upload_task(id).await });
-    }
-
-    async fn upload_task(self: Arc<Self>, id: u64) {
-        if let Ok(Some(record)) = self.writes().registry.get(id) {
-            self.keep_versions_for_readers(&record.key).await;
-        }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let result = match self.writes().uploader.upload(id).await {
-                Ok(Ok(uploaded)) => self.finish_upload(id, uploaded).await,
-                Ok(Err(Skipped::NothingToDo | Skipped::Changed)) => Ok(()),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => {
-                    let mut uploads = self.writes().uploads.lock();
-                    if uploads.get(&id) == Some(&true) {
-                        uploads.insert(id, false);
-                        continue;
-                    }
-                    uploads.remove(&id);
-                    return;
-                }
-                Err(e) => {
-                    self.writes()
-                        .uploader
-                        .stats
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(id, "upload failed, retrying in {backoff:?}: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
-        }
-    }
-
-    /// Follows renames and unlinks that happened during the upload, then makes
-    /// the staging file the cached copy of the verified object.
-    async fn finish_upload(self: &Arc<Self>, id: u64, mut up: Uploaded) -> FsResult<()> {
-        let client = self.writes().uploader.client().clone();
-        loop {
-            let record = self.writes().registry.get(id)?;
-            let Some(StagedRecord {
-                key,
-                sealed: Some(sealed),
-            }) = record
-            else {
-                // Unlinked during the upload: take back what was put.
-                let path = parse_key(&up.key)?;
-                if let Err(e) = client.objects.delete(&path).await
-                    && !matches!(e, object_store::Error::NotFound { .. })
-                {
-                    return Err(FsError::from_store(e));
-                }
-                return Ok(());
-            };
-            if sealed.generation != up.generation {
-                return Ok(());
-            }
-            if key != up.key {
-                let (from, to) = (parse_key(&up.key)?, parse_key(&key)?);
-                self.keep_versions_for_readers(&key).await;
-                client
-                    .objects
-                    .rename(&from, &to)
-                    .await
-                    .map_err(FsError::from_store)?;
-                client.prune_empty_parents(&up.key);
-                let etag = self.writes().uploader.verify(&key, &sealed, None).await?;
-                up.key = key;
-                up.etag = etag;
-                continue;
-            }
-            if self.adopt(id, &up, &sealed)? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Returns false when the record moved meanwhile and the caller must look again.
-    fn adopt(&self, id: u64, up: &Uploaded, sealed: &SealedUpload) -> FsResult<bool> {
-        let registry = self.writes().registry.clone();
-        registry.locked(|| {
-            let Some(record) = registry.get(id)? else {
-                return Ok(false);
-            };
-            if record.key != up.key
-                || record.sealed.as_ref().map(|s| s.generation) != Some(up.generation)
-            {
-                return Ok(false);
-            }
-            let staged = self.writes().files.lock().get(&id).cloned();
-            // Held until the copy is adopted, so that no writer slips in.
-            let mut state = staged.as_ref().map(|s| s.state.lock());
-            let busy = state
-                .as_ref()
-                .is_some_and(|st| st.writers > 0 || st.generation != up.generation);
-            if let Some(s) = &staged {
-                s.verified.send_replace(up.generation);
-            }
-            if busy {
-                // Still open for writing: the object stays as it is verified, and
-                // the copy becomes clean when the last writer closes unchanged.
-                let mut record = record;
-                if let Some(s) = record.sealed.as_mut() {
-                    s.verified_etag = up.etag.clone();
-                }
-                registry.put(id, &record, true)?;
-                return Ok(true);
-            }
-            let ino = staged
-                .as_ref()
-                .map(|s| s.ino)
-                .or_else(|| self.ns().node_by_staged(id));
-            // Named as reads will name the object's new version.
-            let mut node =
-                ino.and_then(|ino| self.ns().node(ino))
-                    .unwrap_or_else(|| crate::namespace::Node {
-                        ino: 0,
-                        parent: 0,
-                        path: up.key.clone(),
-                        kind: tierfs_fuse::FileKind::File,
-                        size: 0,
-                        mtime: std::time::UNIX_EPOCH,
-                        etag: None,
-                        staged: None,
-                    });
-            node.etag = up.etag.clone();
-            node.size = up.size;
-            let file = self.file_id(&node);
-            let layout = ChunkLayout::new(sealed.chunk_size, sealed.size);
-            let nvme = self.reader().nvme();
-            let chunks = nvme.link_copy(
-                file,
-                &self.writes().staging.path(id),
-                layout,
-                &sealed.chunk_digests,
-            )?;
-            let info = VersionInfo {
-                created: now_secs(),
-                key: up.key.clone(),
-            };
-            let object = self.object_id(&up.key);
-            let previous = self.index().bound_version(object)?;
-            registry.commit_upload(id, object, (file, &info), &chunks)?;
-            if let Some(previous) = previous.filter(|p| *p != file) {
-                self.retire_version(previous)?;
-            }
-            if let Some(st) = state.as_mut() {
-                st.adopted = true;
-            }
-            drop(state);
-            nvme.adopted(&chunks);
-            // Shown as the object before the staging file goes, so that an open
-            // in between reads the adopted copy instead of a missing file.
-            self.ns().mark_uploaded(node.ino, up.size, up.etag.clone());
-            self.writes().files.lock().remove(&id);
-            self.writes().staging.remove(id);
-            self.writes().add_dirty(-(up.size as i64));
-            tracing::info!(key = %up.key, size = up.size, "uploaded and verified");
-            Ok(true)
-        })
     }
 
     /// Marks a staged file gone (unlinked or replaced) and forgets its record.

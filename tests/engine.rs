@@ -130,9 +130,9 @@ async fn the_cache_survives_a_restart_and_drops_changed_objects() {
     // A restarted engine serves every chunk from NVMe: no fetch reaches the store.
 
     let second = core(store.path(), cache.path(), Duration::ZERO);
-    let fh = open_path(&second, "w.bin").await;
+    let old_fh = open_path(&second, "w.bin").await;
     assert_eq!(
-        &second.read(fh, 0, data.len() as u32).await.unwrap()[..],
+        &second.read(old_fh, 0, data.len() as u32).await.unwrap()[..],
         &data[..]
     );
     assert_eq!(
@@ -141,8 +141,8 @@ async fn the_cache_survives_a_restart_and_drops_changed_objects() {
     );
     assert!(second.cache_file(old_file).exists());
 
-    // The object changes in the store: the next open binds the new version and
-    // the old version's cache file is gone.
+    // The object changes in the store: the next open binds the new version; the
+    // old version's cache file stays while a handle reads it, and goes with it.
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let new = random_bytes((CHUNK + 1) as usize, 4);
@@ -152,6 +152,9 @@ async fn the_cache_survives_a_restart_and_drops_changed_objects() {
         &second.read(fh, 0, new.len() as u32).await.unwrap()[..],
         &new[..]
     );
+    assert!(second.cache_file(old_file).exists());
+    second.release(old_fh);
+    second.release(fh);
     assert!(!second.cache_file(old_file).exists());
 }
 

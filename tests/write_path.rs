@@ -394,3 +394,38 @@ fn readers_of_a_replaced_file_keep_the_old_bytes() {
     assert!(std::fs::read(mount.path("model.bin")).unwrap() == new);
     drop(reader);
 }
+
+/// A file fsynced (its upload starts), changed again and then renamed with its
+/// directory while that first upload is still running: the store ends with the
+/// final bytes under the final name and nothing under the temporary one.
+#[test]
+fn a_superseded_upload_leaves_nothing_under_the_old_name() {
+    let backend = Backend::s3();
+    let cache = tempfile::tempdir().unwrap();
+    // Slow uploads, so that the first one is still running at the rename.
+    let mount = Mount::new(
+        &backend,
+        cache.path(),
+        &["chunk_size=1M", "upload_bandwidth=1M"],
+    );
+    std::fs::create_dir(mount.path("tmp")).unwrap();
+    let first = random_bytes(3 << 20, 80);
+    let mut f = File::create(mount.path("tmp/a.bin")).unwrap();
+    f.write_all(&first).unwrap();
+    f.sync_all().unwrap();
+    f.write_all(b"more").unwrap();
+    drop(f);
+    std::fs::rename(mount.path("tmp"), mount.path("final")).unwrap();
+    let mut want = first;
+    want.extend_from_slice(b"more");
+    assert_in_store(&backend, "final/a.bin", &want);
+    assert!(
+        wait_for(UPLOAD_WAIT, || !backend
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("tmp/"))),
+        "left in the store: {:?}\n{}",
+        backend.keys(),
+        mount.log()
+    );
+}
