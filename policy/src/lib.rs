@@ -4,8 +4,12 @@
 
 pub mod demotion;
 pub mod eviction;
+pub mod planner;
 pub mod readahead;
+pub mod stats;
 
 pub use demotion::{CachedFile, DemoteReason, DemoteRule, files_to_demote};
 pub use eviction::{bytes_to_free, lru_victims};
+pub use planner::{Action, Budgets, Candidate, Move, PlanConfig, Priority, Reason, Tier, plan};
 pub use readahead::{ReadaheadPlan, ReadaheadState, plan_readahead};
+pub use stats::{AccessStats, Decay};
