@@ -6,6 +6,7 @@ pub mod demotion;
 pub mod eviction;
 pub mod planner;
 pub mod readahead;
+pub mod sim;
 pub mod stats;
 
 pub use demotion::{CachedFile, DemoteReason, DemoteRule, files_to_demote};

@@ -8,10 +8,13 @@ pub struct Decay {
     pub half_life_secs: f64,
 }
 
+/// Ten minutes: long enough to remember a model restored every few minutes, short
+/// enough that a new checkpoint outranks the one it replaces (chosen with the
+/// simulator's workloads; see `tierfs-sim`).
 impl Default for Decay {
     fn default() -> Self {
         Decay {
-            half_life_secs: 3600.0,
+            half_life_secs: 600.0,
         }
     }
 }
