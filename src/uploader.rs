@@ -131,13 +131,16 @@ impl Uploader {
             }));
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = self.send(id, &key, &sealed).await;
+        let sent = started.elapsed();
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let etag = match result? {
             Ok(etag) => etag,
             Err(skipped) => return Ok(Err(skipped)),
         };
         let etag = self.verify(&key, &sealed, etag.as_deref()).await?;
+        tracing::debug!(key, ?sent, verified = ?started.elapsed() - sent, "upload timing");
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
         Ok(Ok(Uploaded {
             key,
@@ -370,7 +373,10 @@ impl Uploader {
                 content_id: content_id.unwrap_or_default(),
             })
             .collect();
-        match multipart.complete_multipart(path, &upload_id, parts).await {
+        let completing = Instant::now();
+        let completed = multipart.complete_multipart(path, &upload_id, parts).await;
+        tracing::debug!(key = %path, completion = ?completing.elapsed(), "multipart upload completed");
+        match completed {
             Ok(result) => Ok(Ok(result.e_tag)),
             Err(e) => {
                 // A store that lost the upload (expired, or aborted by hand)
