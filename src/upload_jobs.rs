@@ -87,7 +87,7 @@ impl EngineCore {
                 }
                 return Ok(());
             };
-            if sealed.generation != up.generation {
+            if !sealed.same_content(up.size, up.digest) {
                 if key != up.key {
                     self.remove_superseded(&up).await;
                 }
@@ -120,19 +120,22 @@ impl EngineCore {
             let Some(record) = registry.get(id)? else {
                 return Ok(false);
             };
-            if record.key != up.key
-                || record.sealed.as_ref().map(|s| s.generation) != Some(up.generation)
-            {
+            let Some(generation) = record
+                .sealed
+                .as_ref()
+                .filter(|s| record.key == up.key && s.same_content(up.size, up.digest))
+                .map(|s| s.generation)
+            else {
                 return Ok(false);
-            }
+            };
             let staged = self.writes().files.lock().get(&id).cloned();
             // Held until the copy is adopted, so that no writer slips in.
             let mut state = staged.as_ref().map(|s| s.state.lock());
             let busy = state
                 .as_ref()
-                .is_some_and(|st| st.writers > 0 || st.generation != up.generation);
+                .is_some_and(|st| st.writers > 0 || st.generation != generation);
             if let Some(s) = &staged {
-                s.verified.send_replace(up.generation);
+                s.verified.send_replace(generation);
             }
             if busy {
                 // Still open for writing: the object stays as it is verified, and

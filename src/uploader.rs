@@ -38,6 +38,8 @@ pub struct Uploaded {
     pub key: String,
     pub generation: u64,
     pub size: u64,
+    /// The whole-file digest of the bytes uploaded.
+    pub digest: u128,
     pub etag: Option<String>,
 }
 
@@ -127,6 +129,7 @@ impl Uploader {
                 key,
                 generation: sealed.generation,
                 size: sealed.size,
+                digest: sealed.digest,
                 etag: Some(etag.clone()),
             }));
         }
@@ -146,6 +149,7 @@ impl Uploader {
             key,
             generation: sealed.generation,
             size: sealed.size,
+            digest: sealed.digest,
             etag,
         }))
     }
@@ -306,7 +310,7 @@ impl Uploader {
                 let recorded = self
                     .registry
                     .update(id, true, |r| match r.sealed.as_mut() {
-                        Some(s) if s.generation == sealed.generation => {
+                        Some(s) if s.same_content(sealed.size, sealed.digest) => {
                             s.upload_id = Some(upload_id.clone());
                             s.parts = vec![None; part_count];
                             true
@@ -317,7 +321,7 @@ impl Uploader {
                     .as_ref()
                     .and_then(|r| r.sealed.as_ref())
                     .is_some_and(|s| {
-                        s.generation == sealed.generation
+                        s.same_content(sealed.size, sealed.digest)
                             && s.upload_id.as_ref() == Some(&upload_id)
                     });
                 if !ours {

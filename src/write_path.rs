@@ -325,8 +325,18 @@ impl EngineCore {
         .map_err(|e| FsError::Cache(e.to_string()))??;
         let mut replaced = None;
         let record = self.writes().registry.update(staged.id, durable, |r| {
-            replaced = r.sealed.take();
-            r.sealed = Some(SealedUpload::new(digests, chunk_size, generation));
+            let mut new = SealedUpload::new(digests, chunk_size, generation);
+            match r.sealed.take() {
+                // The same bytes sealed again (a close after fsync): the upload
+                // under way, or done, stands for this seal too.
+                Some(old) if old.same_content(new.size, new.digest) => {
+                    new.upload_id = old.upload_id;
+                    new.parts = old.parts;
+                    new.verified_etag = old.verified_etag;
+                }
+                old => replaced = old,
+            }
+            r.sealed = Some(new);
             true
         })?;
         let Some(record) = record else {

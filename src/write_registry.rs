@@ -42,6 +42,12 @@ pub struct SealedUpload {
 }
 
 impl SealedUpload {
+    /// Whether two seals hashed the same bytes: an upload of one stands for the
+    /// other, whatever their generations.
+    pub fn same_content(&self, size: u64, digest: u128) -> bool {
+        self.size == size && self.digest == digest
+    }
+
     pub fn new(sealed: SealedDigests, chunk_size: u64, generation: u64) -> SealedUpload {
         SealedUpload {
             size: sealed.size,
