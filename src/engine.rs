@@ -207,7 +207,7 @@ impl EngineCore {
     pub fn entry(&self, node: &Node) -> Entry {
         let (perm, size) = match node.kind {
             FileKind::Directory => (0o755, 0),
-            FileKind::File => (0o644, node.size),
+            FileKind::File => (0o644, self.direct_size(node).unwrap_or(node.size)),
         };
         let perm = if self.options.read_only {
             perm & 0o555
@@ -409,6 +409,19 @@ impl EngineCore {
     ) -> Opened {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.last_opened.lock().remove(&ino);
+        let backing = {
+            let mut cached_opens = self.cached_opens.lock();
+            let cached = cached_opens.entry(ino).or_default();
+            let backing = if writer && *cached == 0 {
+                self.direct_write_backing(&staged)
+            } else {
+                None
+            };
+            if backing.is_none() {
+                *cached += 1;
+            }
+            backing
+        };
         let open = OpenFile {
             ino,
             version: None,
@@ -416,13 +429,13 @@ impl EngineCore {
             writer,
             readahead: Mutex::new(ReadaheadState::default()),
             widest_window: AtomicU64::new(0),
-            passthrough: AtomicBool::new(false),
+            passthrough: AtomicBool::new(backing.is_some()),
         };
         self.files.lock().insert(fh, Arc::new(open));
         Opened {
             fh,
             keep_cache: false,
-            backing: None,
+            backing,
         }
     }
 
@@ -445,8 +458,14 @@ impl EngineCore {
 
     /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
-        match self.handle(fh)?.staged.clone() {
-            Some(staged) => self.fsync_staged(&staged).await,
+        let open = self.handle(fh)?;
+        match open.staged.clone() {
+            Some(staged) => {
+                if open.passthrough.load(Ordering::Relaxed) {
+                    self.absorb_direct_writes(&staged);
+                }
+                self.fsync_staged(&staged).await
+            }
             None => Ok(()),
         }
     }
@@ -454,13 +473,16 @@ impl EngineCore {
     /// A handle offered passthrough reads through tierfs after all.
     pub fn end_passthrough(&self, fh: u64) {
         let open = self.files.lock().get(&fh).cloned();
-        if let Some(open) = open
-            && let Some(version) = &open.version
-            && open.passthrough.swap(false, Ordering::Relaxed)
-        {
+        let Some(open) = open.filter(|o| o.passthrough.swap(false, Ordering::Relaxed)) else {
+            return;
+        };
+        if let Some(version) = &open.version {
             self.reader.nvme().unhold(version.id);
-            *self.cached_opens.lock().entry(open.ino).or_default() += 1;
         }
+        if let Some(staged) = &open.staged {
+            staged.end_direct_writes();
+        }
+        *self.cached_opens.lock().entry(open.ino).or_default() += 1;
     }
 
     /// The cache identity of a file's current version; binding it drops the
@@ -543,6 +565,11 @@ impl EngineCore {
             return;
         };
         if let Some(staged) = &open.staged {
+            if open.passthrough.load(Ordering::Relaxed) {
+                self.end_direct_writes(staged);
+            } else {
+                self.uncount_cached_open(open.ino);
+            }
             self.release_staged(staged, open.writer);
             return;
         }
@@ -561,12 +588,16 @@ impl EngineCore {
         if open.passthrough.load(Ordering::Relaxed) {
             self.reader.nvme().unhold(version.id);
         } else {
-            let mut cached_opens = self.cached_opens.lock();
-            if let Some(n) = cached_opens.get_mut(&open.ino) {
-                *n -= 1;
-                if *n == 0 {
-                    cached_opens.remove(&open.ino);
-                }
+            self.uncount_cached_open(open.ino);
+        }
+    }
+
+    fn uncount_cached_open(&self, ino: u64) {
+        let mut cached_opens = self.cached_opens.lock();
+        if let Some(n) = cached_opens.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                cached_opens.remove(&ino);
             }
         }
     }

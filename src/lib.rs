@@ -22,5 +22,6 @@ pub mod upload_jobs;
 pub mod uploader;
 pub mod version_keeper;
 pub mod write_ops;
+pub mod write_passthrough;
 pub mod write_path;
 pub mod write_registry;

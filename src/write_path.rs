@@ -38,6 +38,9 @@ pub(crate) struct StagedState {
     pub generation: u64,
     pub sealed: u64,
     pub writers: usize,
+    /// Writers whose writes the kernel sends straight to the staging file
+    /// (FUSE passthrough): their changes are taken from the file itself.
+    pub direct_writers: usize,
     /// Unlinked, or replaced by a rename: never sealed or uploaded again.
     pub gone: bool,
     /// Uploaded and made the cached copy of the object: a new writer stages
@@ -61,6 +64,32 @@ impl StagedFile {
 
     pub fn size(&self) -> u64 {
         self.state.lock().size
+    }
+
+    pub(crate) fn begin_direct_writes(&self) {
+        self.state.lock().direct_writers += 1;
+    }
+
+    pub(crate) fn end_direct_writes(&self) {
+        let mut state = self.state.lock();
+        state.direct_writers = state.direct_writers.saturating_sub(1);
+    }
+
+    pub(crate) fn has_direct_writers(&self) -> bool {
+        self.state.lock().direct_writers > 0
+    }
+
+    /// Counts writes that may have gone straight to the file: takes its size
+    /// from disk and marks it changed, so that the next seal hashes what is
+    /// there (a seal that finds the same bytes keeps the upload under way).
+    /// Returns the size and the growth (negative when it shrank).
+    pub(crate) fn absorb_direct_writes(&self) -> std::io::Result<(u64, i64)> {
+        let size = self.file.metadata()?.len();
+        let mut state = self.state.lock();
+        let growth = size as i64 - state.size as i64;
+        state.size = size;
+        state.generation += 1;
+        Ok((size, growth))
     }
 }
 
@@ -100,6 +129,11 @@ impl WriteSide {
         self.dirty.load(Ordering::Relaxed)
     }
 
+    /// A staged file that is loaded (open, or with an upload running).
+    pub(crate) fn loaded(&self, id: u64) -> Option<Arc<StagedFile>> {
+        self.files.lock().get(&id).cloned()
+    }
+
     /// Uploads queued or running.
     pub fn pending_uploads(&self) -> usize {
         self.uploads.lock().len()
@@ -120,7 +154,7 @@ impl WriteSide {
 }
 
 /// How many more bytes may be staged.
-fn room_left(core: &EngineCore) -> u64 {
+pub(crate) fn room_left(core: &EngineCore) -> u64 {
     core.options()
         .cache_size
         .saturating_sub(core.writes().dirty_bytes())

@@ -119,3 +119,53 @@ fn uploads_survive_network_faults_and_cached_reads_keep_working() {
         assert!(&std::fs::read(again.path(key)).unwrap() == data, "{key}");
     }
 }
+
+/// The cache full of bytes the store does not have yet (uploads stalled): a
+/// write waits `dirty_wait`, then fails with ENOSPC and the log says why; once
+/// the store answers again the uploads drain and writes succeed.
+#[test]
+fn writes_fail_with_enospc_when_the_cache_is_full_of_unuploaded_bytes() {
+    let mut backend = Backend::s3();
+    let proxy = FaultProxy::start(backend.s3_server().port, "PUT /");
+    let cache = tempfile::tempdir().unwrap();
+    let endpoint = format!("endpoint={}", proxy.endpoint());
+    let mount = Mount::new(
+        &backend,
+        cache.path(),
+        &[
+            "chunk_size=1M",
+            "cache_size=8M",
+            "dirty_wait=1s",
+            "fetch_timeout=2s",
+            "fetch_retries=0",
+            &endpoint,
+        ],
+    );
+    // Listed while the store answers, so that creating names needs no request.
+    assert_eq!(std::fs::read_dir(mount.dir.path()).unwrap().count(), 0);
+    proxy.set(Fault::Stall);
+    let first = random_bytes(7 << 20, 1);
+    std::fs::write(mount.path("first.bin"), &first).unwrap();
+    // With room to spare, the kernel wrote the first file straight into its
+    // staging file; near the limit the second goes through tierfs and waits.
+    assert!(mount.log().contains("created with passthrough"));
+    let second = random_bytes(3 << 20, 2);
+    let err = std::fs::write(mount.path("second.bin"), &second).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(
+        mount.log().contains("write refused after waiting"),
+        "{}",
+        mount.log()
+    );
+
+    proxy.set(Fault::None);
+    let drained = wait_for(Duration::from_secs(120), || {
+        backend.get("first.bin").as_deref() == Some(first.as_slice())
+    });
+    assert!(drained, "{}", mount.log());
+    std::fs::write(mount.path("second.bin"), &second).unwrap();
+    let arrived = wait_for(Duration::from_secs(120), || {
+        backend.get("second.bin").as_deref() == Some(second.as_slice())
+    });
+    assert!(arrived, "{}", mount.log());
+}

@@ -117,6 +117,17 @@ fn every_operation(backend: Backend) {
     let err = File::create(mount.path(&long)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
 
+    // A file being written shows its size to other callers before it is closed.
+    {
+        let mut f = File::create(mount.path("growing.bin")).unwrap();
+        f.write_all(&[7u8; 300_000]).unwrap();
+        assert_eq!(
+            std::fs::metadata(mount.path("growing.bin")).unwrap().len(),
+            300_000
+        );
+    }
+    std::fs::remove_file(mount.path("growing.bin")).unwrap();
+
     // Through the mount, at once.
     let listing = sh(&format!(
         "cd {} && find . | sort",
@@ -154,6 +165,8 @@ fn every_operation(backend: Backend) {
     assert_gone_from_store(&backend, "tmpname");
     assert_gone_from_store(&backend, "dir/sub/w.bin");
     assert!(mount.log().contains("uploaded and verified"));
+    // Writes went straight to the staging files (FUSE passthrough).
+    assert!(mount.log().contains("created with passthrough"));
     if let Backend::Local(store) = &backend {
         // Renames and removals leave no empty directories behind in the store,
         // which a later listing would show again.

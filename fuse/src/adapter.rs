@@ -21,7 +21,8 @@ use fuser::{
 use tracing::debug_span;
 
 use crate::engine::{
-    Attr, AttrChange, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply, StatFs,
+    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply,
+    StatFs,
 };
 
 /// How the kernel mount is set up.
@@ -98,6 +99,51 @@ struct FuseAdapter<E> {
 struct Passthrough {
     enabled: AtomicBool,
     table: Mutex<BackingTable>,
+}
+
+impl Passthrough {
+    /// The backing id for a handle the engine offered passthrough: shared with
+    /// the inode's other passthrough handles of the same version, registered with
+    /// the kernel otherwise. None when it cannot be had (another version is passed
+    /// through, or the kernel refuses backing files, which turns passthrough off);
+    /// the handle then goes through tierfs.
+    fn backing_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        backing: &Backing,
+        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut table = self.table.lock().unwrap();
+        let live = table
+            .by_inode
+            .get(&ino)
+            .and_then(|(version, id)| Some((*version, id.upgrade()?)));
+        let id = match live {
+            Some((version, id)) if version == backing.version => id,
+            // Another version is still passed through: the kernel would refuse
+            // a second backing file.
+            Some(_) => return None,
+            None => match register(&backing.file) {
+                Ok(id) => Arc::new(id),
+                Err(e) => {
+                    // Unprivileged mounts cannot register backing files: stop
+                    // offering them, read and write through tierfs.
+                    tracing::info!("FUSE passthrough unavailable ({e}); going through tierfs");
+                    self.enabled.store(false, Ordering::Relaxed);
+                    return None;
+                }
+            },
+        };
+        table
+            .by_inode
+            .insert(ino, (backing.version, Arc::downgrade(&id)));
+        table.by_handle.insert(fh, id.clone());
+        Some(id)
+    }
 }
 
 /// The kernel allows one backing file per inode at a time, so every passthrough
@@ -331,45 +377,17 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                     fopen |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
                 let fh = FileHandle(opened.fh);
-                if let Some(backing) = opened
-                    .backing
-                    .filter(|_| passthrough.enabled.load(Ordering::Relaxed))
-                {
-                    let mut table = passthrough.table.lock().unwrap();
-                    let live = table
-                        .by_inode
-                        .get(&ino.0)
-                        .and_then(|(version, id)| Some((*version, id.upgrade()?)));
-                    let shared = match live {
-                        Some((version, id)) if version == backing.version => Some(Ok(id)),
-                        // Another version is still passed through: the kernel
-                        // would refuse a second backing file.
-                        Some(_) => None,
-                        None => Some(reply.open_backing(&backing.file).map(Arc::new)),
-                    };
-                    match shared {
-                        Some(Ok(id)) => {
-                            table
-                                .by_inode
-                                .insert(ino.0, (backing.version, Arc::downgrade(&id)));
-                            table.by_handle.insert(fh.0, id.clone());
-                            drop(table);
+                if let Some(backing) = opened.backing {
+                    match passthrough.backing_for(ino.0, fh.0, &backing, |f| reply.open_backing(f))
+                    {
+                        Some(id) => {
                             // The kernel caches through the backing file itself.
                             reply.opened_passthrough(fh, FopenFlags::empty(), &id);
-                            tracing::debug!("opened with passthrough to the NVMe copy");
+                            tracing::debug!("opened with passthrough");
                             return;
                         }
-                        Some(Err(e)) => {
-                            // Unprivileged mounts cannot register backing files:
-                            // stop offering them, read through the engine.
-                            tracing::info!(
-                                "FUSE passthrough unavailable ({e}); reading through tierfs"
-                            );
-                            passthrough.enabled.store(false, Ordering::Relaxed);
-                        }
-                        None => {}
+                        None => engine_refusal(fh.0),
                     }
-                    engine_refusal(fh.0);
                 }
                 reply.opened(fh, fopen)
             }),
@@ -626,18 +644,44 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyCreate,
     ) {
         let _span = debug_span!("create", parent = parent.0, ?name).entered();
+        let passthrough = self.passthrough.clone();
+        let engine_refusal = self.engine_refusal();
         self.engine.create(
             parent.0,
             name,
-            answer(reply, |reply: ReplyCreate, (e, opened): (Entry, Opened)| {
-                reply.created(
-                    &e.ttl,
-                    &file_attr(&e.attr),
-                    Generation(0),
-                    FileHandle(opened.fh),
-                    FopenFlags::empty(),
-                )
-            }),
+            answer(
+                reply,
+                move |reply: ReplyCreate, (e, opened): (Entry, Opened)| {
+                    let fh = FileHandle(opened.fh);
+                    if let Some(backing) = opened.backing {
+                        match passthrough
+                            .backing_for(e.attr.ino, fh.0, &backing, |f| reply.open_backing(f))
+                        {
+                            Some(id) => {
+                                let attr = file_attr(&e.attr);
+                                reply.created_passthrough(
+                                    &e.ttl,
+                                    &attr,
+                                    Generation(0),
+                                    fh,
+                                    FopenFlags::empty(),
+                                    &id,
+                                );
+                                tracing::debug!("created with passthrough");
+                                return;
+                            }
+                            None => engine_refusal(fh.0),
+                        }
+                    }
+                    reply.created(
+                        &e.ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                        fh,
+                        FopenFlags::empty(),
+                    )
+                },
+            ),
         );
     }
 

@@ -1,0 +1,83 @@
+//! Writes at local-disk speed: a handle opened for writing may be given the
+//! staging file as its FUSE passthrough backing, so that the kernel writes into
+//! it directly instead of sending every write through the daemon. tierfs then
+//! learns of the writes from the file itself when the handle is flushed,
+//! fsynced or released, and sizes reported in between are read from it.
+//!
+//! Passthrough is offered only while the cache has room to spare (more than a
+//! quarter of `cache_size` free of bytes not yet in the store): a direct write
+//! cannot be made to wait for uploads, so near the limit writes go through the
+//! daemon, which waits for room and fails with ENOSPC after `dirty_wait`.
+
+use std::sync::Arc;
+
+use tierfs_fuse::Backing;
+
+use crate::engine::EngineCore;
+use crate::namespace::Node;
+use crate::write_path::{StagedFile, room_left};
+
+/// Names a staging file as a backing version, apart from the cached versions
+/// (whose ids are xxh3-128 digests and so practically never have this form).
+fn backing_version(staged: &StagedFile) -> u128 {
+    (0xffff_u128 << 112) | staged.id as u128
+}
+
+impl EngineCore {
+    /// The backing file for a new write handle on `staged`, when passthrough may
+    /// carry its writes.
+    pub(crate) fn direct_write_backing(&self, staged: &Arc<StagedFile>) -> Option<Backing> {
+        if !self.options().passthrough || room_left(self) <= self.options().cache_size / 4 {
+            return None;
+        }
+        let file = match staged.file.try_clone() {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::debug!("no passthrough for a write handle: {e}");
+                return None;
+            }
+        };
+        staged.begin_direct_writes();
+        Some(Backing {
+            version: backing_version(staged),
+            file,
+        })
+    }
+
+    /// Takes in what direct writes changed: the size from the file, the dirty
+    /// bytes, and a new generation so that the next seal hashes them.
+    pub(crate) fn absorb_direct_writes(&self, staged: &StagedFile) {
+        match staged.absorb_direct_writes() {
+            Ok((size, growth)) => {
+                self.writes().add_dirty(growth);
+                if growth > 0
+                    && let Err(e) = self.reader().nvme().make_room(0)
+                {
+                    tracing::warn!("evicting cached chunks for written data failed: {e}");
+                }
+                self.ns().update(staged.ino, |n| {
+                    n.size = size;
+                    n.mtime = std::time::SystemTime::now();
+                });
+            }
+            Err(e) => tracing::warn!(id = staged.id, "cannot read a staged file's size: {e}"),
+        }
+    }
+
+    /// The size of a staged file that the kernel writes directly, read from
+    /// the file, since tierfs sees none of those writes.
+    pub(crate) fn direct_size(&self, node: &Node) -> Option<u64> {
+        let staged = self.writes().loaded(node.staged?)?;
+        if !staged.has_direct_writers() {
+            return None;
+        }
+        staged.file.metadata().ok().map(|m| m.len())
+    }
+
+    /// A write handle with passthrough is done writing (released, or refused
+    /// passthrough by the kernel).
+    pub(crate) fn end_direct_writes(&self, staged: &StagedFile) {
+        self.absorb_direct_writes(staged);
+        staged.end_direct_writes();
+    }
+}
