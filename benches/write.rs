@@ -10,7 +10,8 @@
 //!   TIERFS_BENCH_FILE_MB (default 1024) sets the file size, TIERFS_BENCH_RUNS
 //!   (default 3) the runs; the median is reported.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a small smoke run
-//! that prints the table and writes nothing. Needs /dev/fuse and
+//! that prints the table and writes nothing. The page cache is dropped before
+//! each timed write (needs root). Needs /dev/fuse and
 //! `bash tests/setup.sh`.
 
 #[path = "../tests/common/mod.rs"]
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use harness::{MB, Row, median};
+use harness::{MB, Row, drop_page_cache, median};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
@@ -103,9 +104,13 @@ fn main() {
     let scratch = tempfile::tempdir().unwrap();
     let (mut direct, mut through, mut raw, mut upload) = (vec![], vec![], vec![], vec![]);
     for run in 0..runs {
+        // Each timed write starts with no dirty pages left from the one before
+        // (their writeback would slow whichever write comes next).
+        drop_page_cache();
         let disk_file = scratch.path().join("direct.bin");
         direct.push(write_file(&disk_file, size, &pattern));
         std::fs::remove_file(&disk_file).unwrap();
+        drop_page_cache();
 
         // The cache on the same disk as the direct file.
         let cache = tempfile::tempdir_in(scratch.path()).unwrap();
@@ -117,6 +122,7 @@ fn main() {
         let took = wait_uploaded(&mount, &key, closed);
         upload.push(size as f64 / MB / took.as_secs_f64());
         mount.unmount();
+        drop_page_cache();
 
         raw.push(raw_multipart(
             client.as_ref(),
@@ -129,6 +135,9 @@ fn main() {
             block_on(client.delete(&path)).unwrap();
         }
     }
+    println!(
+        "runs, MB/s: direct {direct:.0?}, through the mount {through:.0?}, raw upload {raw:.0?}, upload {upload:.0?}"
+    );
     let rows = [
         Row {
             case: format!("sequential write of {file_mb} MiB + fsync"),
@@ -160,7 +169,7 @@ fn main() {
             &format!(
                 "## Writes\n\nMeasured by `cargo bench --bench write` (see benches/write.rs) on {}, \
                  against s3s-fs 0.17 on 127.0.0.1. File: {file_mb} MiB of random bytes written in \
-                 1 MiB writes; median of {runs} runs. The upload is timed from the file's close \
+                 1 MiB writes, the page cache dropped before each timed write; median of {runs} runs. The upload is timed from the file's close \
                  until tierfs logs it uploaded and verified (size, ETag and digest checked).\n\n{table}",
                 harness::machine()
             ),

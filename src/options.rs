@@ -43,7 +43,8 @@ pub struct MountOptions {
     /// Most ranged GETs in flight at once, demand and readahead together.
     pub fetch_concurrency: u32,
     pub fuse_threads: usize,
-    /// Let the kernel read files wholly on NVMe directly (FUSE passthrough).
+    /// Let the kernel read files wholly on NVMe, and write staged files, directly
+    /// (FUSE passthrough).
     pub passthrough: bool,
     pub read_only: bool,
     pub allow_other: bool,

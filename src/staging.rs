@@ -103,7 +103,8 @@ fn parse_name(name: &str) -> Option<u64> {
     u64::from_str_radix(name.strip_suffix(".data")?, 16).ok()
 }
 
-/// Hashes a staged file: the whole file and each chunk, in one pass.
+/// Hashes a staged file: the whole file and each chunk, in one pass over the
+/// bytes, the chunk's own digest on a second thread.
 pub fn seal_digests(file: &File, chunk_size: u64) -> io::Result<SealedDigests> {
     let size = file.metadata()?.len();
     let layout = ChunkLayout::new(chunk_size, size);
@@ -113,8 +114,14 @@ pub fn seal_digests(file: &File, chunk_size: u64) -> io::Result<SealedDigests> {
     for index in 0..layout.chunk_count() {
         let len = layout.chunk_len(index) as usize;
         read_exact_at(file, &mut buf[..len], index * chunk_size)?;
-        whole.update(&buf[..len]);
-        chunks.push(xxhash_rust::xxh3::xxh3_128(&buf[..len]));
+        let data = &buf[..len];
+        let chunk = std::thread::scope(|s| {
+            let chunk = s.spawn(|| xxhash_rust::xxh3::xxh3_128(data));
+            whole.update(data);
+            chunk.join()
+        })
+        .map_err(|_| io::Error::other("chunk hashing failed"))?;
+        chunks.push(chunk);
     }
     Ok(SealedDigests {
         size,

@@ -350,10 +350,18 @@ impl EngineCore {
         let chunk_size = self.options().chunk_size;
         let worker = staged.clone();
         let digests = tokio::task::spawn_blocking(move || {
-            if durable {
-                worker.file.sync_data()?;
-            }
-            seal_digests(&worker.file, chunk_size)
+            // The bytes go to disk while they are hashed; the record is written
+            // once both are done.
+            std::thread::scope(|s| {
+                let synced = durable.then(|| s.spawn(|| worker.file.sync_data()));
+                let digests = seal_digests(&worker.file, chunk_size);
+                if let Some(synced) = synced {
+                    synced
+                        .join()
+                        .map_err(|_| std::io::Error::other("sync failed"))??;
+                }
+                digests
+            })
         })
         .await
         .map_err(|e| FsError::Cache(e.to_string()))??;

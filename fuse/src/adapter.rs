@@ -268,6 +268,10 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         // O_TRUNC arrives with open, so a truncating open never copies the old
         // contents first.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Files carry no set-id bits or capabilities, so there are no privileges
+        // for a write to clear: without this the kernel asks for the
+        // security.capability attribute before every write.
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Passthrough needs the kernel's capability, and stacking depth for backing
         // files that may themselves sit on a stacked file system (overlayfs).
         let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
