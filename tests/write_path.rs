@@ -279,7 +279,15 @@ fn fsynced_files_survive_sigkill() {
     let backend = Backend::s3();
     let cache = tempfile::tempdir().unwrap();
     let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
-    for round in 0..4u64 {
+    // Kill moments drawn from a seeded generator, so that a failure can be replayed.
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("TIERFS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random::<u64>());
+    eprintln!("crash test seed {seed} (TIERFS_CRASH_SEED replays it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..8u64 {
         // Demotion after one idle second: kills also land while local copies
         // of uploaded files are being removed.
         let mount = Mount::new(
@@ -307,11 +315,11 @@ fn fsynced_files_survive_sigkill() {
             f.sync_all().unwrap();
             expected.push((key, data));
         }
-        // Kill at a moment that varies between rounds: during an unsynced write
-        // and while uploads are in flight.
+        // Kill at a random moment: during an unsynced write, while uploads are
+        // in flight, or while local copies are demoted.
         let f = File::create(mount.path(&format!("r{round}/unsynced.bin"))).unwrap();
         f.write_all_at(&random_bytes(1 << 20, 99), 0).unwrap();
-        std::thread::sleep(Duration::from_millis(37 * round * round));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         drop(f);
         mount.unmount();
