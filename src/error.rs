@@ -44,6 +44,10 @@ pub enum FsError {
     NoSpace(String),
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// An operation this file system does not offer for that name (ENOTSUP, as
+    /// ext4 answers for an attribute namespace it lacks).
+    #[error("not supported here: {0}")]
+    NotSupported(String),
 }
 
 impl FsError {
@@ -67,6 +71,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::Unsupported(_) => libc::EPERM,
+            FsError::NotSupported(_) => libc::ENOTSUP,
         })
     }
 

@@ -213,11 +213,27 @@ impl FsEngine for Engine {
         answer(reply, Ok(self.core.statfs()));
     }
 
-    fn getxattr(&self, ino: u64, _name: &OsStr, reply: Reply<Vec<u8>>) {
-        answer(reply, self.core.node(ino).and(Err(FsError::NoAttribute)));
+    fn getxattr(&self, ino: u64, name: &OsStr, reply: Reply<Vec<u8>>) {
+        // Names tierfs does not know (security.*, system.* ...) need no runtime.
+        let Some(name) = name.to_str().filter(|n| n.starts_with("user.tierfs.")) else {
+            return answer(reply, self.core.node(ino).and(Err(FsError::NoAttribute)));
+        };
+        let name = name.to_string();
+        self.spawn(
+            reply,
+            |core| async move { core.get_xattr(ino, &name).await },
+        );
     }
 
     fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>) {
-        answer(reply, self.core.node(ino).map(|_| Vec::new()));
+        answer(reply, self.core.list_xattr(ino));
+    }
+
+    fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], reply: Reply<()>) {
+        let name = name.to_string_lossy().into_owned();
+        let value = value.to_vec();
+        self.spawn(reply, |core| async move {
+            core.set_xattr(ino, &name, &value).await
+        });
     }
 }

@@ -25,3 +25,4 @@ pub mod write_ops;
 pub mod write_passthrough;
 pub mod write_path;
 pub mod write_registry;
+pub mod xattrs;

@@ -390,6 +390,11 @@ impl NvmeTier {
             .collect()
     }
 
+    /// Bytes of a version on this tier.
+    pub fn bytes_of(&self, file: FileId) -> u64 {
+        self.recency.lock().file(file).map_or(0, |u| u.bytes)
+    }
+
     /// Removes a file's local copy unless the kernel holds it; the bytes freed.
     pub fn demote(&self, file: FileId) -> FsResult<u64> {
         if self.held.lock().contains_key(&file) {

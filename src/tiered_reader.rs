@@ -113,6 +113,20 @@ impl TieredReader {
         })
     }
 
+    /// Bytes of a version held in the RAM tier.
+    pub fn ram_bytes_of(&self, file: &FileVersion) -> u64 {
+        let layout = crate::chunk::ChunkLayout::new(self.chunk_size, file.size);
+        (0..layout.chunk_count())
+            .filter(|index| {
+                self.ram.contains_key(&ChunkKey {
+                    file: file.id,
+                    index: *index,
+                })
+            })
+            .map(|index| layout.chunk_len(index))
+            .sum()
+    }
+
     /// Drops every chunk of a version from the RAM tier.
     pub fn forget_ram(&self, file: FileId) {
         if let Err(e) = self.ram.invalidate_entries_if(move |k, _| k.file == file) {

@@ -732,14 +732,18 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         _req: &Request,
         ino: INodeNo,
         name: &OsStr,
-        _value: &[u8],
+        value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         let _span = debug_span!("setxattr", ino = ino.0, ?name).entered();
-        // No writable attributes exist yet; an unknown name is ENOTSUP, as on ext4.
-        reply.fail(fuser::Errno::ENOTSUP)
+        self.engine.setxattr(
+            ino.0,
+            name,
+            value,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
