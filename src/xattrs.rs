@@ -93,11 +93,8 @@ impl EngineCore {
     /// the file in each tier, and its bytes there.
     fn tier_report(&self, node: &Node) -> FsResult<String> {
         let share = |bytes: u64| {
-            let percent = if node.size == 0 {
-                100
-            } else {
-                (bytes * 100 / node.size).min(100)
-            };
+            // An empty file is wholly wherever it is.
+            let percent = (bytes * 100).checked_div(node.size).unwrap_or(100).min(100);
             format!("{percent}% {bytes}")
         };
         if node.staged.is_some() {
