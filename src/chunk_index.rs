@@ -232,19 +232,41 @@ impl ChunkIndex {
 pub struct VersionInfo {
     pub created: u64,
     pub key: String,
+    /// The whole-file digest, known for versions written through the mount.
+    pub digest: Option<u128>,
 }
 
 impl VersionInfo {
+    /// `created`, a digest flag and the digest when known, then the key.
     fn encode(&self) -> Vec<u8> {
         let mut out = self.created.to_be_bytes().to_vec();
+        match self.digest {
+            Some(d) => {
+                out.push(1);
+                out.extend_from_slice(&d.to_be_bytes());
+            }
+            None => out.push(0),
+        }
         out.extend_from_slice(self.key.as_bytes());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<VersionInfo> {
         let created = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-        let key = String::from_utf8(bytes[8..].to_vec()).ok()?;
-        Some(VersionInfo { created, key })
+        let (digest, rest) = match bytes.get(8)? {
+            0 => (None, &bytes[9..]),
+            1 => (
+                Some(u128::from_be_bytes(bytes.get(9..25)?.try_into().ok()?)),
+                &bytes[25..],
+            ),
+            _ => return None,
+        };
+        let key = String::from_utf8(rest.to_vec()).ok()?;
+        Some(VersionInfo {
+            created,
+            key,
+            digest,
+        })
     }
 }
 
@@ -291,6 +313,7 @@ mod tests {
         let info = VersionInfo {
             created: 1_700_000_000,
             key: "run/w.bin".into(),
+            digest: Some(7),
         };
         let rec = ChunkRecord {
             digest: 42,

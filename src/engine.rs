@@ -506,6 +506,7 @@ impl EngineCore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             key: node.path.clone(),
+            digest: None,
         };
         if let Some(old) = self.index.bind_object(object, id, &info)? {
             tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");

@@ -178,6 +178,7 @@ impl EngineCore {
             let info = VersionInfo {
                 created: now_secs(),
                 key: up.key.clone(),
+                digest: Some(sealed.digest),
             };
             let object = self.object_id(&up.key);
             let previous = self.index().bound_version(object)?;

@@ -49,17 +49,42 @@ pub fn parse_tier(name: &str, value: &[u8]) -> FsResult<FetchTier> {
 }
 
 impl EngineCore {
-    /// The attribute names a node has, each followed by a NUL byte.
+    /// The attribute names a node has, each followed by a NUL byte. The digest
+    /// is listed when it is known here (written through this cache); it may
+    /// still be read from the store's metadata by name.
     pub fn list_xattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let mut out = Vec::new();
         if node.kind == FileKind::File {
-            for name in [TIER, DIGEST] {
+            let mut names = vec![TIER];
+            if self.known_digest(&node).is_some() {
+                names.push(DIGEST);
+            }
+            for name in names {
                 out.extend_from_slice(name.as_bytes());
                 out.push(0);
             }
         }
         Ok(out)
+    }
+
+    /// The digest of a staged file's sealed bytes, or of a version uploaded
+    /// through this cache.
+    fn known_digest(&self, node: &Node) -> Option<u128> {
+        match node.staged {
+            Some(id) => self
+                .writes()
+                .registry
+                .get(id)
+                .ok()??
+                .sealed
+                .filter(|s| s.size == node.size)
+                .map(|s| s.digest),
+            None => {
+                let id = self.file_id(node);
+                self.index().version_info(id).ok()??.digest
+            }
+        }
     }
 
     pub async fn get_xattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
@@ -120,15 +145,11 @@ impl EngineCore {
     /// The whole-file digest: of the sealed bytes for a staged file, from the
     /// object's metadata otherwise.
     async fn digest_of(&self, node: &Node) -> FsResult<String> {
-        if let Some(id) = node.staged {
-            return self
-                .writes()
-                .registry
-                .get(id)?
-                .and_then(|r| r.sealed)
-                .filter(|s| s.size == node.size)
-                .map(|s| format!("{:032x}", s.digest))
-                .ok_or(FsError::NoAttribute);
+        if let Some(digest) = self.known_digest(node) {
+            return Ok(format!("{digest:032x}"));
+        }
+        if node.staged.is_some() {
+            return Err(FsError::NoAttribute);
         }
         let head = self
             .store()

@@ -317,7 +317,8 @@ fn ro_and_allow_other_are_honoured() {
     let missing = std::fs::metadata(rw.path("m/nope")).unwrap_err();
     assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
     assert_eq!(std::fs::read(rw.path("m/a.bin")).unwrap(), b"abc");
-    // statfs answers, and there are no extended attributes yet.
+    // statfs answers; the only extended attribute of an object another tool
+    // wrote is where its bytes are (tests/tier_control.rs covers them).
     let df = sh(&format!(
         "stat -f -c '%b %S %l' {}",
         rw.dir.path().display()
@@ -327,9 +328,13 @@ fn ro_and_allow_other_are_honoured() {
         "getfattr -d -m - {} 2>&1 || true",
         rw.path("m/a.bin").display()
     ));
-    assert!(attrs.trim().is_empty(), "{attrs}");
+    assert!(
+        attrs.contains("user.tierfs.tier=\"ram 100% 3, nvme 100% 3, store 100% 3\"")
+            && !attrs.contains("digest"),
+        "{attrs}"
+    );
     let one = sh(&format!(
-        "getfattr -n user.tierfs.tier {} 2>&1 || true",
+        "getfattr -n user.tierfs.digest {} 2>&1 || true",
         rw.path("m/a.bin").display()
     ));
     assert!(one.contains("No such attribute"), "{one}");

@@ -45,7 +45,7 @@ fn tier_attributes_show_placement_prefetch_and_digest() {
     );
     let names = sh(&format!("getfattr -m user.tierfs {}", model.display()));
     assert!(
-        names.contains("user.tierfs.tier") && names.contains("user.tierfs.digest"),
+        names.contains("user.tierfs.tier") && !names.contains("user.tierfs.digest"),
         "{names}"
     );
 
@@ -96,5 +96,15 @@ fn tier_attributes_show_placement_prefetch_and_digest() {
     assert_eq!(
         getfattr(&mount.path("m/new.bin"), "user.tierfs.digest"),
         want
+    );
+    let dump = sh(&format!(
+        "getfattr -d -m user.tierfs {}",
+        mount.path("m/new.bin").display()
+    ));
+    assert!(
+        dump.contains(&format!("user.tierfs.digest=\"{want}\""))
+            && dump.contains("user.tierfs.tier=\"ram ")
+            && dump.contains("store 100% 2097157\""),
+        "{dump}"
     );
 }
