@@ -316,7 +316,11 @@ impl EngineCore {
             self.writable()?;
         }
         if write || node.staged.is_some() {
-            return self.open_staged(node, write, truncate).await;
+            match self.open_staged(node, write, truncate).await? {
+                Some(opened) => return Ok(opened),
+                // Uploaded and adopted meanwhile: it is the object now.
+                None => node = self.node(ino)?,
+            }
         }
         if self
             .ns
@@ -376,11 +380,31 @@ impl EngineCore {
     }
 
     /// Opens a file through its staging file, staging it first for a write.
-    async fn open_staged(&self, node: Node, write: bool, truncate: bool) -> FsResult<Opened> {
+    /// None for a read when the file stopped being staged meanwhile (its upload
+    /// was adopted and the staging file removed): the caller opens the object.
+    async fn open_staged(
+        &self,
+        node: Node,
+        write: bool,
+        truncate: bool,
+    ) -> FsResult<Option<Opened>> {
         let mut node = node;
         let staged = loop {
             let staged = match node.staged {
-                Some(id) => self.staged_file(id, node.ino)?,
+                Some(id) => match self.staged_file(id, node.ino) {
+                    Ok(staged) => staged,
+                    Err(e) => {
+                        let now = self.node(node.ino)?;
+                        if now.staged == Some(id) {
+                            return Err(e);
+                        }
+                        if !write && now.staged.is_none() {
+                            return Ok(None);
+                        }
+                        node = now;
+                        continue;
+                    }
+                },
                 None => {
                     let staged = self
                         .stage_new(node.ino, &node.path, (!truncate).then_some(&node))
@@ -398,7 +422,7 @@ impl EngineCore {
         if truncate && staged.size() > 0 {
             self.truncate_staged(&staged, 0)?;
         }
-        Ok(self.add_staged_handle(node.ino, staged, write))
+        Ok(Some(self.add_staged_handle(node.ino, staged, write)))
     }
 
     pub(crate) fn add_staged_handle(

@@ -187,3 +187,55 @@ fn backend_client(backend: &Backend) -> std::sync::Arc<dyn object_store::ObjectS
         Backend::Local(_) => unreachable!(),
     }
 }
+
+/// Checkpoint writers that save through numpy.memmap (a shared writable mapping)
+/// and through safetensors' save_file, straight into the mount: the store ends
+/// with the same bytes, and a fresh mount loads them.
+#[test]
+fn numpy_memmap_and_safetensors_save_into_the_mount() {
+    let backend = Backend::s3();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let dir = mount.path("run");
+    std::fs::create_dir(&dir).unwrap();
+    let script = format!(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+m = np.memmap("{dir}/state.npy", dtype=np.float32, mode="w+", shape=(3, 1 << 20))
+m[:] = np.arange(3 << 20, dtype=np.float32).reshape(3, 1 << 20)
+m.flush()
+del m
+rng = np.random.default_rng(9)
+save_file({{"w": rng.standard_normal((512, 1024), dtype=np.float32)}}, "{dir}/model.safetensors")
+"#,
+        dir = dir.display()
+    );
+    run_python(&script, &mount.log());
+    let state = std::fs::read(dir.join("state.npy")).unwrap();
+    let want: Vec<u8> = (0..(3u32 << 20))
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    assert!(state == want, "memmap bytes through the mount");
+    let model = std::fs::read(dir.join("model.safetensors")).unwrap();
+    for (key, bytes) in [("run/state.npy", &state), ("run/model.safetensors", &model)] {
+        let arrived = wait_for(std::time::Duration::from_secs(60), || {
+            backend.get(key).as_deref() == Some(bytes.as_slice())
+        });
+        assert!(arrived, "{key} did not reach the store\n{}", mount.log());
+    }
+    mount.unmount();
+    let cache2 = tempfile::tempdir().unwrap();
+    let again = Mount::new(&backend, cache2.path(), &["chunk_size=1M"]);
+    let check = format!(
+        r#"
+import numpy as np
+from safetensors.numpy import load_file
+m = np.memmap("{0}/state.npy", dtype=np.float32, mode="r", shape=(3, 1 << 20))
+assert m[2, 5] == float(2 * (1 << 20) + 5), m[2, 5]
+assert load_file("{0}/model.safetensors")["w"].shape == (512, 1024)
+"#,
+        again.path("run").display()
+    );
+    run_python(&check, &again.log());
+}
