@@ -436,8 +436,8 @@ impl EngineCore {
         let backing = {
             let mut cached_opens = self.cached_opens.lock();
             let cached = cached_opens.entry(ino).or_default();
-            let backing = if writer && *cached == 0 {
-                self.direct_write_backing(&staged)
+            let backing = if *cached == 0 {
+                self.staged_backing(&staged, writer)
             } else {
                 None
             };
@@ -485,7 +485,7 @@ impl EngineCore {
         let open = self.handle(fh)?;
         match open.staged.clone() {
             Some(staged) => {
-                if open.passthrough.load(Ordering::Relaxed) {
+                if open.writer && open.passthrough.load(Ordering::Relaxed) {
                     self.absorb_direct_writes(&staged);
                 }
                 self.fsync_staged(&staged).await
@@ -591,7 +591,11 @@ impl EngineCore {
         };
         if let Some(staged) = &open.staged {
             if open.passthrough.load(Ordering::Relaxed) {
-                self.end_direct_writes(staged);
+                if open.writer {
+                    self.end_direct_writes(staged);
+                } else {
+                    staged.end_direct_writes();
+                }
             } else {
                 self.uncount_cached_open(open.ino);
             }

@@ -4,10 +4,13 @@
 //! learns of the writes from the file itself when the handle is flushed,
 //! fsynced or released, and sizes reported in between are read from it.
 //!
-//! Passthrough is offered only while the cache has room to spare (more than a
-//! quarter of `cache_size` free of bytes not yet in the store): a direct write
-//! cannot be made to wait for uploads, so near the limit writes go through the
-//! daemon, which waits for room and fails with ENOSPC after `dirty_wait`.
+//! A new writer is offered passthrough only while the cache has room to spare
+//! (more than a quarter of `cache_size` free of bytes not yet in the store): a
+//! direct write cannot be made to wait for uploads, so near the limit writes go
+//! through the daemon, which waits for room and fails with ENOSPC after
+//! `dirty_wait`. The kernel keeps an inode either passed through or cached, never
+//! both (it fails the other kind of open with EIO), so once a staged file has a
+//! passthrough handle every new handle on it, reader or writer, shares it.
 
 use std::sync::Arc;
 
@@ -24,10 +27,14 @@ fn backing_version(staged: &StagedFile) -> u128 {
 }
 
 impl EngineCore {
-    /// The backing file for a new write handle on `staged`, when passthrough may
-    /// carry its writes.
-    pub(crate) fn direct_write_backing(&self, staged: &Arc<StagedFile>) -> Option<Backing> {
-        if !self.options().passthrough || room_left(self) <= self.options().cache_size / 4 {
+    /// The backing file for a new handle on `staged` whose inode has no handle
+    /// read through tierfs, when passthrough may carry it.
+    pub(crate) fn staged_backing(&self, staged: &Arc<StagedFile>, writer: bool) -> Option<Backing> {
+        if !self.options().passthrough {
+            return None;
+        }
+        let shared = staged.has_direct_writers();
+        if !shared && writer && room_left(self) <= self.options().cache_size / 4 {
             return None;
         }
         let file = match staged.file.try_clone() {

@@ -38,8 +38,8 @@ pub(crate) struct StagedState {
     pub generation: u64,
     pub sealed: u64,
     pub writers: usize,
-    /// Writers whose writes the kernel sends straight to the staging file
-    /// (FUSE passthrough): their changes are taken from the file itself.
+    /// Handles the kernel serves straight from the staging file (FUSE
+    /// passthrough); their writes are taken from the file itself.
     pub direct_writers: usize,
     /// Unlinked, or replaced by a rename: never sealed or uploaded again.
     pub gone: bool,

@@ -452,3 +452,40 @@ fn a_superseded_upload_leaves_nothing_under_the_old_name() {
         mount.log()
     );
 }
+
+/// A file read while it is being written, and written while it is being read:
+/// every open succeeds and sees what was written. (The kernel serves an inode
+/// either through the daemon or straight from a backing file, never both.)
+#[test]
+fn readers_and_writers_of_a_file_being_written_share_it() {
+    use std::io::Read;
+    let backend = Backend::local();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &[]);
+    let path = mount.path("x.bin");
+    let mut writer = File::create(&path).unwrap();
+    writer.write_all(&[1u8; 100_000]).unwrap();
+    let mut reader = File::open(&path).unwrap();
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen.len(), 100_000);
+    writer.write_all(&[2u8; 100]).unwrap();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(seen.len(), 100_100);
+    drop(writer);
+    drop(reader);
+
+    // Reopened at once after closing, and written while a reader has it open.
+    let mut reader = File::open(&path).unwrap();
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(&[3u8; 10]).unwrap();
+    drop(appender);
+    let mut all = Vec::new();
+    reader.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len(), 100_110);
+    let mut want = vec![1u8; 100_000];
+    want.extend_from_slice(&[2u8; 100]);
+    want.extend_from_slice(&[3u8; 10]);
+    assert!(all == want);
+    assert_in_store(&backend, "x.bin", &want);
+}
