@@ -113,6 +113,16 @@ impl TieredReader {
         })
     }
 
+    /// Loads every chunk of a version (from the store where it must), so that
+    /// the tiers hold it whole; stops at the first chunk that fails.
+    pub async fn load_whole(self: &Arc<Self>, file: &Arc<FileVersion>) -> FsResult<()> {
+        let layout = crate::chunk::ChunkLayout::new(self.chunk_size, file.size);
+        for index in 0..layout.chunk_count() {
+            self.chunk(file, index).await?;
+        }
+        Ok(())
+    }
+
     /// Bytes of a version held in the RAM tier.
     pub fn ram_bytes_of(&self, file: &FileVersion) -> u64 {
         let layout = crate::chunk::ChunkLayout::new(self.chunk_size, file.size);

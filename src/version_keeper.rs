@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::chunk::ChunkLayout;
 use crate::chunk_index::FileId;
 use crate::engine::EngineCore;
 use crate::error::FsResult;
@@ -40,14 +39,14 @@ impl EngineCore {
             })
             .collect();
         for version in versions {
-            let layout = ChunkLayout::new(self.options().chunk_size, version.size);
-            for index in 0..layout.chunk_count() {
-                if let Err(e) = self.reader().chunk(&version, index).await {
-                    tracing::warn!(path = %version.path, "cannot keep the version open readers read: {e}");
-                    break;
+            match self.reader().load_whole(&version).await {
+                Ok(()) => {
+                    tracing::debug!(path = %version.path, "kept the version open readers read")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %version.path, "cannot keep the version open readers read: {e}")
                 }
             }
-            tracing::debug!(path = %version.path, "kept the version open readers read");
         }
     }
 

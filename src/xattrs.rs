@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use object_store::{Attribute, GetOptions};
 
-use crate::chunk::ChunkLayout;
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
 use crate::namespace::Node;
@@ -176,14 +175,12 @@ impl EngineCore {
         let version = self.version_of(&node)?;
         let core = self.clone();
         tokio::spawn(async move {
-            let layout = ChunkLayout::new(core.options().chunk_size, version.size);
-            for index in 0..layout.chunk_count() {
-                if let Err(e) = core.reader().chunk(&version, index).await {
-                    tracing::warn!(path = %version.path, "prefetch into {tier:?} stopped: {e}");
-                    return;
+            match core.reader().load_whole(&version).await {
+                Ok(()) => tracing::info!(path = %version.path, "prefetched into {tier:?}"),
+                Err(e) => {
+                    tracing::warn!(path = %version.path, "prefetch into {tier:?} stopped: {e}")
                 }
             }
-            tracing::info!(path = %version.path, "prefetched into {tier:?}");
         });
         Ok(())
     }

@@ -29,6 +29,20 @@ fn read_or_hang(path: PathBuf) -> std::io::Result<Vec<u8>> {
         .unwrap_or_else(|_| panic!("reading {shown} hung"))
 }
 
+/// A mount that reaches the store through `proxy`, with 1 MiB chunks and a
+/// 2-second request timeout.
+fn mount_through(
+    proxy: &FaultProxy,
+    backend: &Backend,
+    cache: &std::path::Path,
+    options: &[&str],
+) -> Mount {
+    let endpoint = format!("endpoint={}", proxy.endpoint());
+    let mut all = vec!["chunk_size=1M", "fetch_timeout=2s", endpoint.as_str()];
+    all.extend_from_slice(options);
+    Mount::new(backend, cache, &all)
+}
+
 #[test]
 fn uploads_survive_network_faults_and_cached_reads_keep_working() {
     let mut backend = Backend::s3();
@@ -38,17 +52,14 @@ fn uploads_survive_network_faults_and_cached_reads_keep_working() {
     backend.put("cold.bin", &cold);
     let proxy = FaultProxy::start(backend.s3_server().port, "PUT /");
     let cache = tempfile::tempdir().unwrap();
-    let endpoint = format!("endpoint={}", proxy.endpoint());
-    let mount = Mount::new(
+    let mount = mount_through(
+        &proxy,
         &backend,
         cache.path(),
         &[
-            "chunk_size=1M",
-            "fetch_timeout=2s",
             "fetch_retries=1",
             // Short, so that opens and lookups during the faults ask the store.
             "metadata_ttl=1s",
-            &endpoint,
         ],
     );
     assert_eq!(std::fs::read(mount.path("hot.bin")).unwrap(), hot);
@@ -128,18 +139,11 @@ fn writes_fail_with_enospc_when_the_cache_is_full_of_unuploaded_bytes() {
     let mut backend = Backend::s3();
     let proxy = FaultProxy::start(backend.s3_server().port, "PUT /");
     let cache = tempfile::tempdir().unwrap();
-    let endpoint = format!("endpoint={}", proxy.endpoint());
-    let mount = Mount::new(
+    let mount = mount_through(
+        &proxy,
         &backend,
         cache.path(),
-        &[
-            "chunk_size=1M",
-            "cache_size=8M",
-            "dirty_wait=1s",
-            "fetch_timeout=2s",
-            "fetch_retries=0",
-            &endpoint,
-        ],
+        &["cache_size=8M", "dirty_wait=1s", "fetch_retries=0"],
     );
     // Listed while the store answers, so that creating names needs no request.
     assert_eq!(std::fs::read_dir(mount.dir.path()).unwrap().count(), 0);
