@@ -19,6 +19,10 @@ pub enum FsError {
     Stale(String),
     #[error("object store: {0}")]
     Store(String),
+    /// The store refused the credentials or the permission: retrying soon does
+    /// not help.
+    #[error("object store refused access: {0}")]
+    Denied(String),
     #[error("timed out after {0:?} waiting for the object store")]
     Timeout(std::time::Duration),
     #[error("local cache: {0}")]
@@ -72,6 +76,7 @@ impl FsError {
             FsError::NoSpace(_) => libc::ENOSPC,
             FsError::Unsupported(_) => libc::EPERM,
             FsError::NotSupported(_) => libc::ENOTSUP,
+            FsError::Denied(_) => libc::EACCES,
         })
     }
 
@@ -79,6 +84,8 @@ impl FsError {
         match e {
             object_store::Error::NotFound { .. } => FsError::NotFound,
             object_store::Error::Precondition { path, .. } => FsError::Stale(path),
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => FsError::Denied(error_chain(&e)),
             other => FsError::Store(error_chain(&other)),
         }
     }
@@ -112,3 +119,33 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 pub type FsResult<T> = Result<T, FsError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_the_errno_users_expect() {
+        let denied = FsError::from_store(object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: "403 Forbidden".into(),
+        });
+        assert!(matches!(denied, FsError::Denied(_)), "{denied:?}");
+        assert_eq!(denied.errno().0, libc::EACCES);
+        let unauthenticated = FsError::from_store(object_store::Error::Unauthenticated {
+            path: "k".into(),
+            source: "bad key".into(),
+        });
+        assert_eq!(unauthenticated.errno().0, libc::EACCES);
+        let missing = FsError::from_store(object_store::Error::NotFound {
+            path: "k".into(),
+            source: "404".into(),
+        });
+        assert_eq!(missing.errno().0, libc::ENOENT);
+        let other = FsError::from_store(object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        });
+        assert_eq!(other.errno().0, libc::EIO);
+    }
+}

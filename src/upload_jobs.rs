@@ -17,6 +17,9 @@ use crate::uploader::{Skipped, Uploaded};
 use crate::write_path::parse_key;
 use crate::write_registry::{SealedUpload, StagedRecord};
 
+/// The longest wait between two tries of one upload.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 impl EngineCore {
     /// Starts the upload of a staged file, or asks the running one to go again.
     pub(crate) fn queue_upload(self: &Arc<Self>, id: u64) {
@@ -59,9 +62,20 @@ impl EngineCore {
                         .stats
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(id, "upload failed, retrying in {backoff:?}: {e}");
+                    // Transient failures are retried soon, growing; a refusal
+                    // (credentials, permissions) waits the longest between tries
+                    // until someone fixes it. The bytes stay staged either way.
+                    if matches!(e, FsError::Denied(_)) {
+                        backoff = MAX_BACKOFF;
+                        tracing::error!(
+                            id,
+                            "upload refused by the store, retrying in {backoff:?}: {e}"
+                        );
+                    } else {
+                        tracing::warn!(id, "upload failed, retrying in {backoff:?}: {e}");
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
