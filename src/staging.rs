@@ -103,25 +103,38 @@ fn parse_name(name: &str) -> Option<u64> {
     u64::from_str_radix(name.strip_suffix(".data")?, 16).ok()
 }
 
+/// Bytes read and hashed at a time when sealing: several small chunks share
+/// one read and one helper thread.
+const SEAL_BATCH: u64 = 8 << 20;
+
 /// Hashes a staged file: the whole file and each chunk, in one pass over the
-/// bytes, the chunk's own digest on a second thread.
+/// bytes, the chunks' own digests on a second thread.
 pub fn seal_digests(file: &File, chunk_size: u64) -> io::Result<SealedDigests> {
     let size = file.metadata()?.len();
     let layout = ChunkLayout::new(chunk_size, size);
+    let per_batch = (SEAL_BATCH / chunk_size).max(1);
     let mut whole = Xxh3::new();
     let mut chunks = Vec::with_capacity(layout.chunk_count() as usize);
-    let mut buf = vec![0u8; chunk_size.min(size) as usize];
-    for index in 0..layout.chunk_count() {
-        let len = layout.chunk_len(index) as usize;
-        read_exact_at(file, &mut buf[..len], index * chunk_size)?;
+    let mut buf = vec![0u8; (per_batch * chunk_size).min(size) as usize];
+    let mut first = 0;
+    while first < layout.chunk_count() {
+        let last = (first + per_batch).min(layout.chunk_count());
+        let start = first * chunk_size;
+        let len = ((last - 1) * chunk_size + layout.chunk_len(last - 1) - start) as usize;
+        read_exact_at(file, &mut buf[..len], start)?;
         let data = &buf[..len];
-        let chunk = std::thread::scope(|s| {
-            let chunk = s.spawn(|| xxhash_rust::xxh3::xxh3_128(data));
+        let batch = std::thread::scope(|s| {
+            let batch = s.spawn(|| {
+                data.chunks(chunk_size as usize)
+                    .map(xxhash_rust::xxh3::xxh3_128)
+                    .collect::<Vec<_>>()
+            });
             whole.update(data);
-            chunk.join()
+            batch.join()
         })
         .map_err(|_| io::Error::other("chunk hashing failed"))?;
-        chunks.push(chunk);
+        chunks.extend(batch);
+        first = last;
     }
     Ok(SealedDigests {
         size,
@@ -172,6 +185,26 @@ mod tests {
         assert!(next > id);
         assert_eq!(again.sweep(&HashSet::from([id])).unwrap(), 1);
         assert!(area.path(id).exists() && !area.path(next).exists());
+    }
+
+    #[test]
+    fn seals_across_several_batches_match_each_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::open(dir.path()).unwrap();
+        let (_, file) = area.create().unwrap();
+        let data: Vec<u8> = (0..(2 * SEAL_BATCH + 5000))
+            .map(|i| (i * 7 % 253) as u8)
+            .collect();
+        file.write_all_at(&data, 0).unwrap();
+        for chunk in [64u64 << 10, 3 << 20, 16 << 20] {
+            let sealed = seal_digests(&file, chunk).unwrap();
+            assert_eq!(sealed.digest, xxhash_rust::xxh3::xxh3_128(&data));
+            let want: Vec<u128> = data
+                .chunks(chunk as usize)
+                .map(xxhash_rust::xxh3::xxh3_128)
+                .collect();
+            assert_eq!(sealed.chunks, want, "chunk size {chunk}");
+        }
     }
 
     #[test]
