@@ -40,8 +40,28 @@ struct OpenFile {
     readahead: Mutex<ReadaheadState>,
     /// The widest readahead window this handle reached, in chunks.
     widest_window: AtomicU64,
-    /// The NVMe copy is held for the kernel to read directly.
+    /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
+    /// copy, held against eviction, or the staging file.
     passthrough: AtomicBool,
+}
+
+impl OpenFile {
+    fn new(
+        ino: u64,
+        version: Option<Arc<FileVersion>>,
+        staged: Option<Arc<StagedFile>>,
+        writer: bool,
+    ) -> OpenFile {
+        OpenFile {
+            ino,
+            version,
+            staged,
+            writer,
+            readahead: Mutex::new(ReadaheadState::default()),
+            widest_window: AtomicU64::new(0),
+            passthrough: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Counters of the engine itself.
@@ -153,6 +173,14 @@ impl EngineCore {
             .values()
             .filter_map(|open| open.version.as_ref().map(|v| v.id))
             .collect()
+    }
+
+    /// Whether a handle reads version `id`.
+    pub(crate) fn version_is_open(&self, id: FileId) -> bool {
+        self.files
+            .lock()
+            .values()
+            .any(|open| open.version.as_ref().is_some_and(|v| v.id == id))
     }
 
     /// The versions of the object at `key` that open handles read.
@@ -341,42 +369,50 @@ impl EngineCore {
         }
         let version = self.version_of(&node)?;
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let backing = {
-            let mut cached_opens = self.cached_opens.lock();
-            let cached = cached_opens.entry(ino).or_default();
-            let backing = if self.options.passthrough && *cached == 0 {
-                let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-                self.reader
-                    .nvme()
-                    .hold_complete(version.id, layout)?
-                    .map(|file| Backing {
-                        version: version.id.0,
-                        file,
-                    })
-            } else {
-                None
-            };
-            if backing.is_none() {
-                *cached += 1;
+        let open = OpenFile::new(ino, Some(version.clone()), None, false);
+        let (fh, backing) = self.add_handle(open, || {
+            if !self.options.passthrough {
+                return Ok(None);
             }
-            backing
-        };
-        let open = OpenFile {
-            ino,
-            version: Some(version),
-            staged: None,
-            writer: false,
-            readahead: Mutex::new(ReadaheadState::default()),
-            widest_window: AtomicU64::new(0),
-            passthrough: AtomicBool::new(backing.is_some()),
-        };
-        self.files.lock().insert(fh, Arc::new(open));
+            let layout = ChunkLayout::new(self.options.chunk_size, version.size);
+            Ok(self
+                .reader
+                .nvme()
+                .hold_complete(version.id, layout)?
+                .map(|file| Backing {
+                    version: version.id.0,
+                    file,
+                }))
+        })?;
         Ok(Opened {
             fh,
             keep_cache,
             backing,
         })
+    }
+
+    /// Registers a handle and decides whether the kernel serves it from a backing
+    /// file. The kernel serves an inode one way at a time, so `offer` is asked
+    /// only while no handle on the inode goes through tierfs; a handle without a
+    /// backing file is counted as one that does.
+    fn add_handle(
+        &self,
+        open: OpenFile,
+        offer: impl FnOnce() -> FsResult<Option<Backing>>,
+    ) -> FsResult<(u64, Option<Backing>)> {
+        let backing = {
+            let mut cached_opens = self.cached_opens.lock();
+            let cached = cached_opens.entry(open.ino).or_default();
+            let backing = if *cached == 0 { offer()? } else { None };
+            if backing.is_none() {
+                *cached += 1;
+            }
+            backing
+        };
+        open.passthrough.store(backing.is_some(), Ordering::Relaxed);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().insert(fh, Arc::new(open));
+        Ok((fh, backing))
     }
 
     /// Opens a file through its staging file, staging it first for a write.
@@ -422,7 +458,7 @@ impl EngineCore {
         if truncate && staged.size() > 0 {
             self.truncate_staged(&staged, 0)?;
         }
-        Ok(Some(self.add_staged_handle(node.ino, staged, write)))
+        self.add_staged_handle(node.ino, staged, write).map(Some)
     }
 
     pub(crate) fn add_staged_handle(
@@ -430,37 +466,15 @@ impl EngineCore {
         ino: u64,
         staged: Arc<StagedFile>,
         writer: bool,
-    ) -> Opened {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+    ) -> FsResult<Opened> {
         self.last_opened.lock().remove(&ino);
-        let backing = {
-            let mut cached_opens = self.cached_opens.lock();
-            let cached = cached_opens.entry(ino).or_default();
-            let backing = if *cached == 0 {
-                self.staged_backing(&staged, writer)
-            } else {
-                None
-            };
-            if backing.is_none() {
-                *cached += 1;
-            }
-            backing
-        };
-        let open = OpenFile {
-            ino,
-            version: None,
-            staged: Some(staged),
-            writer,
-            readahead: Mutex::new(ReadaheadState::default()),
-            widest_window: AtomicU64::new(0),
-            passthrough: AtomicBool::new(backing.is_some()),
-        };
-        self.files.lock().insert(fh, Arc::new(open));
-        Opened {
+        let open = OpenFile::new(ino, None, Some(staged.clone()), writer);
+        let (fh, backing) = self.add_handle(open, || Ok(self.staged_backing(&staged, writer)))?;
+        Ok(Opened {
             fh,
             keep_cache: false,
             backing,
-        }
+        })
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -504,13 +518,11 @@ impl EngineCore {
             self.reader.nvme().unhold(version.id);
         }
         if let Some(staged) = &open.staged {
-            staged.end_direct_writes();
+            staged.drop_direct_handle();
         }
         *self.cached_opens.lock().entry(open.ino).or_default() += 1;
     }
 
-    /// The cache identity of a file's current version; binding it drops the
-    /// chunks of the version before it when the ETag changed.
     /// The cache name of the version a node shows: its ETag, or its size and
     /// modification time for a store that gives none.
     pub(crate) fn file_id(&self, node: &Node) -> FileId {
@@ -594,7 +606,7 @@ impl EngineCore {
                 if open.writer {
                     self.end_direct_writes(staged);
                 } else {
-                    staged.end_direct_writes();
+                    staged.drop_direct_handle();
                 }
             } else {
                 self.uncount_cached_open(open.ino);
@@ -605,7 +617,7 @@ impl EngineCore {
         let Some(version) = &open.version else {
             return;
         };
-        if !self.open_versions().contains(&version.id) {
+        if !self.version_is_open(version.id) {
             self.version_closed(version.id);
         }
         tracing::debug!(

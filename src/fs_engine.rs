@@ -110,7 +110,7 @@ impl FsEngine for Engine {
         let name = new_name(name);
         self.spawn(reply, |core| async move {
             let (node, staged) = core.create(parent, &name?).await?;
-            let opened = core.add_staged_handle(node.ino, staged, true);
+            let opened = core.add_staged_handle(node.ino, staged, true)?;
             Ok((core.entry(&node), opened))
         });
     }

@@ -305,7 +305,7 @@ impl NvmeTier {
         if !complete {
             return Ok(None);
         }
-        *self.held.lock().entry(file).or_default() += 1;
+        self.hold(file);
         match File::open(self.path_of(file)) {
             Ok(f) => Ok(Some(f)),
             Err(e) => {
@@ -400,7 +400,7 @@ impl NvmeTier {
         if self.held.lock().contains_key(&file) {
             return Ok(0);
         }
-        let bytes = self.recency.lock().file(file).map_or(0, |u| u.bytes);
+        let bytes = self.bytes_of(file);
         self.drop_file(file)?;
         self.stats.demoted_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(bytes)

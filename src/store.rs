@@ -68,20 +68,18 @@ impl StoreClient {
     }
 
     fn remote<T: ObjectStore + MultipartStore>(store: T, prefix: &str) -> StoreClient {
-        if prefix.is_empty() {
+        fn client<S: ObjectStore + MultipartStore>(store: S) -> StoreClient {
             let store = Arc::new(store);
             StoreClient {
                 objects: store.clone(),
                 multipart: Some(store),
                 local_root: None,
             }
+        }
+        if prefix.is_empty() {
+            client(store)
         } else {
-            let store = Arc::new(PrefixStore::new(store, Path::from(prefix)));
-            StoreClient {
-                objects: store.clone(),
-                multipart: Some(store),
-                local_root: None,
-            }
+            client(PrefixStore::new(store, Path::from(prefix)))
         }
     }
 }

@@ -124,12 +124,12 @@ impl TieredReader {
     }
 
     /// Bytes of a version held in the RAM tier.
-    pub fn ram_bytes_of(&self, file: &FileVersion) -> u64 {
-        let layout = crate::chunk::ChunkLayout::new(self.chunk_size, file.size);
+    pub fn ram_bytes_of(&self, file: FileId, size: u64) -> u64 {
+        let layout = crate::chunk::ChunkLayout::new(self.chunk_size, size);
         (0..layout.chunk_count())
             .filter(|index| {
                 self.ram.contains_key(&ChunkKey {
-                    file: file.id,
+                    file,
                     index: *index,
                 })
             })

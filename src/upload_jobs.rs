@@ -233,9 +233,9 @@ impl EngineCore {
             return;
         }
         match self.store().head(&path).await {
+            // A local store removes the directories the delete leaves empty.
             Ok(meta) if meta.e_tag == up.etag => match self.store().delete(&path).await {
                 Ok(()) => {
-                    self.writes().uploader.client().prune_empty_parents(&up.key);
                     tracing::info!(key = %up.key, "removed the object of a superseded upload");
                 }
                 Err(e) => tracing::warn!(key = %up.key, "cannot remove a superseded upload: {e}"),

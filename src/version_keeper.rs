@@ -53,7 +53,7 @@ impl EngineCore {
     /// Version `id` is no longer current: its chunks go now, or when the last
     /// handle reading it closes.
     pub(crate) fn retire_version(&self, id: FileId) -> FsResult<()> {
-        if self.open_versions().contains(&id) {
+        if self.version_is_open(id) {
             self.kept().retired.lock().insert(id);
             return Ok(());
         }

@@ -33,7 +33,7 @@ impl EngineCore {
         if !self.options().passthrough {
             return None;
         }
-        let shared = staged.has_direct_writers();
+        let shared = staged.has_direct_handles();
         if !shared && writer && room_left(self) <= self.options().cache_size / 4 {
             return None;
         }
@@ -44,7 +44,7 @@ impl EngineCore {
                 return None;
             }
         };
-        staged.begin_direct_writes();
+        staged.add_direct_handle();
         Some(Backing {
             version: backing_version(staged),
             file,
@@ -57,15 +57,10 @@ impl EngineCore {
         match staged.absorb_direct_writes() {
             Ok((size, growth)) => {
                 self.writes().add_dirty(growth);
-                if growth > 0
-                    && let Err(e) = self.reader().nvme().make_room(0)
-                {
-                    tracing::warn!("evicting cached chunks for written data failed: {e}");
+                if growth > 0 {
+                    self.room_on_nvme(0);
                 }
-                self.ns().update(staged.ino, |n| {
-                    n.size = size;
-                    n.mtime = std::time::SystemTime::now();
-                });
+                self.show_size(staged.ino, size);
             }
             Err(e) => tracing::warn!(id = staged.id, "cannot read a staged file's size: {e}"),
         }
@@ -75,7 +70,7 @@ impl EngineCore {
     /// the file, since tierfs sees none of those writes.
     pub(crate) fn direct_size(&self, node: &Node) -> Option<u64> {
         let staged = self.writes().loaded(node.staged?)?;
-        if !staged.has_direct_writers() {
+        if !staged.has_direct_handles() {
             return None;
         }
         staged.file.metadata().ok().map(|m| m.len())
@@ -85,6 +80,6 @@ impl EngineCore {
     /// passthrough by the kernel).
     pub(crate) fn end_direct_writes(&self, staged: &StagedFile) {
         self.absorb_direct_writes(staged);
-        staged.end_direct_writes();
+        staged.drop_direct_handle();
     }
 }

@@ -40,7 +40,7 @@ pub(crate) struct StagedState {
     pub writers: usize,
     /// Handles the kernel serves straight from the staging file (FUSE
     /// passthrough); their writes are taken from the file itself.
-    pub direct_writers: usize,
+    pub direct_handles: usize,
     /// Unlinked, or replaced by a rename: never sealed or uploaded again.
     pub gone: bool,
     /// Uploaded and made the cached copy of the object: a new writer stages
@@ -66,17 +66,17 @@ impl StagedFile {
         self.state.lock().size
     }
 
-    pub(crate) fn begin_direct_writes(&self) {
-        self.state.lock().direct_writers += 1;
+    pub(crate) fn add_direct_handle(&self) {
+        self.state.lock().direct_handles += 1;
     }
 
-    pub(crate) fn end_direct_writes(&self) {
+    pub(crate) fn drop_direct_handle(&self) {
         let mut state = self.state.lock();
-        state.direct_writers = state.direct_writers.saturating_sub(1);
+        state.direct_handles = state.direct_handles.saturating_sub(1);
     }
 
-    pub(crate) fn has_direct_writers(&self) -> bool {
-        self.state.lock().direct_writers > 0
+    pub(crate) fn has_direct_handles(&self) -> bool {
+        self.state.lock().direct_handles > 0
     }
 
     /// Counts writes that may have gone straight to the file: takes its size
@@ -274,16 +274,21 @@ impl EngineCore {
             }
             state.size
         };
-        self.ns().update(staged.ino, |n| {
+        self.show_size(staged.ino, size);
+        Ok(data.len() as u32)
+    }
+
+    /// A staged file changed: the mount shows its new size, modified now.
+    pub(crate) fn show_size(&self, ino: u64, size: u64) {
+        self.ns().update(ino, |n| {
             n.size = size;
             n.mtime = std::time::SystemTime::now();
         });
-        Ok(data.len() as u32)
     }
 
     /// Evicts clean cached chunks when staged bytes growing by `growth` would
     /// push the cache past its size; a cheap sum decides before any eviction.
-    fn room_on_nvme(&self, growth: u64) {
+    pub(crate) fn room_on_nvme(&self, growth: u64) {
         let nvme = self.reader().nvme();
         if nvme.used() + self.writes().dirty_bytes() + growth <= nvme.budget() {
             return;
@@ -326,10 +331,7 @@ impl EngineCore {
         state.size = size;
         state.generation += 1;
         drop(state);
-        self.ns().update(staged.ino, |n| {
-            n.size = size;
-            n.mtime = std::time::SystemTime::now();
-        });
+        self.show_size(staged.ino, size);
         Ok(())
     }
 

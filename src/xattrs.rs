@@ -130,9 +130,10 @@ impl EngineCore {
                 share(0)
             ));
         }
-        let version = self.version_of(node)?;
-        let ram = self.reader().ram_bytes_of(&version);
-        let nvme = self.reader().nvme().bytes_of(version.id);
+        // Only looks: the version is bound when the file is opened.
+        let id = self.file_id(node);
+        let ram = self.reader().ram_bytes_of(id, node.size);
+        let nvme = self.reader().nvme().bytes_of(id);
         Ok(format!(
             "ram {}, nvme {}, store {}",
             share(ram),
