@@ -89,6 +89,10 @@ const VERSIONS: &str = "versions";
 pub(crate) const STAGED: &str = "staged";
 /// Directories made through the mount (the store has no empty directories).
 pub(crate) const DIRS: &str = "dirs";
+/// Pinned paths and their tiers (see `pins`).
+pub(crate) const PINS: &str = "pins";
+/// Access statistics per path (see `access_table`).
+pub(crate) const ACCESS: &str = "access";
 
 pub struct ChunkIndex {
     db: DB,
@@ -99,7 +103,7 @@ impl ChunkIndex {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CHUNKS, OBJECTS, VERSIONS, STAGED, DIRS]
+        let families = [CHUNKS, OBJECTS, VERSIONS, STAGED, DIRS, PINS, ACCESS]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -19,14 +20,19 @@ use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
 use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, Opened, StatFs};
 
+use crate::access_table::AccessTable;
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
 use crate::error::{FsError, FsResult};
+use crate::mover::Mover;
 use crate::namespace::{Namespace, Node};
 use crate::nvme_tier::NvmeTier;
 use crate::options::MountOptions;
+use crate::pins::PinTable;
+use crate::placement::{Placement, TierManager};
 use crate::tiered_reader::{FileVersion, TieredReader};
 use crate::version_keeper::KeptVersions;
+use tierfs_policy::PlanConfig;
 use tierfs_policy::{ReadaheadState, plan_readahead};
 
 /// An open file: the version it reads and how its reader moves through it, or
@@ -69,6 +75,7 @@ impl OpenFile {
 pub struct EngineStats {
     /// Seeks that closed a readahead window.
     pub readahead_resets: AtomicU64,
+    pub fuse_latency: crate::metrics::FuseLatency,
 }
 
 /// Everything the engine needs to start.
@@ -84,6 +91,7 @@ pub struct EngineCore {
     store: Arc<dyn ObjectStore>,
     store_id: String,
     options: MountOptions,
+    cache_dir: PathBuf,
     uid: u32,
     gid: u32,
     ns: Namespace,
@@ -99,6 +107,8 @@ pub struct EngineCore {
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
     kept: KeptVersions,
+    manager: TierManager,
+    access: AccessTable,
     pub stats: EngineStats,
 }
 
@@ -124,6 +134,14 @@ impl EngineCore {
             dirty.clone(),
         )?);
         let reader = TieredReader::new(store.objects.clone(), nvme, &options);
+        let plan_config = PlanConfig::default();
+        let manager = TierManager {
+            pins: PinTable::load(index.clone())?,
+            mover: Arc::new(Mover::new(options.pin_bandwidth, options.promote_bandwidth)),
+            placement: Placement::default(),
+            plan_config,
+        };
+        let access = AccessTable::load(index.clone(), plan_config.decay)?;
         let registry = Arc::new(WriteRegistry::new(index.clone()));
         let staging = Arc::new(StagingArea::open(&cache_dir)?);
         let uploader = Arc::new(Uploader::new(
@@ -143,6 +161,7 @@ impl EngineCore {
             gid: options.gid.unwrap_or(gid),
             ns: Namespace::new(options.metadata_ttl),
             options,
+            cache_dir,
             index,
             reader,
             files: Mutex::new(HashMap::new()),
@@ -151,10 +170,13 @@ impl EngineCore {
             cached_opens: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             kept: KeptVersions::default(),
+            manager,
+            access,
             stats: EngineStats::default(),
         });
         core.recover_writes()?;
         core.start_housekeeping();
+        core.start_mover();
         Ok(core)
     }
 
@@ -193,6 +215,14 @@ impl EngineCore {
             .collect()
     }
 
+    pub fn manager(&self) -> &TierManager {
+        &self.manager
+    }
+
+    pub(crate) fn access(&self) -> &AccessTable {
+        &self.access
+    }
+
     pub(crate) fn kept(&self) -> &KeptVersions {
         &self.kept
     }
@@ -203,6 +233,10 @@ impl EngineCore {
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    pub fn cache_dir(&self) -> &std::path::Path {
+        &self.cache_dir
     }
 
     pub fn options(&self) -> &MountOptions {
@@ -368,6 +402,7 @@ impl EngineCore {
             }
         }
         let version = self.version_of(&node)?;
+        self.access.record(&version, crate::nvme_tier::now_secs());
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         let open = OpenFile::new(ino, Some(version.clone()), None, false);
         let (fh, backing) = self.add_handle(open, || {
@@ -526,33 +561,59 @@ impl EngineCore {
     /// The cache name of the version a node shows: its ETag, or its size and
     /// modification time for a store that gives none.
     pub(crate) fn file_id(&self, node: &Node) -> FileId {
-        let tag = match &node.etag {
-            Some(etag) => etag.clone(),
-            None => format!("{}:{:?}", node.size, node.mtime),
+        self.version_id(&node.path, node.size, node.etag.as_deref(), node.mtime)
+    }
+
+    fn version_id(&self, key: &str, size: u64, etag: Option<&str>, mtime: SystemTime) -> FileId {
+        let tag = match etag {
+            Some(etag) => etag.to_string(),
+            None => format!("{size}:{mtime:?}"),
         };
-        FileId::new(&self.store_id, &node.path, &tag, self.options.chunk_size)
+        FileId::new(&self.store_id, key, &tag, self.options.chunk_size)
     }
 
     pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
-        let id = self.file_id(node);
-        let object = self.object_id(&node.path);
+        self.bind_version(&node.path, node.size, node.etag.clone(), node.mtime)
+    }
+
+    /// The version an object's listing entry shows, bound as the object's current one.
+    pub(crate) fn version_of_object(
+        &self,
+        meta: &object_store::ObjectMeta,
+    ) -> FsResult<Arc<FileVersion>> {
+        self.bind_version(
+            meta.location.as_ref(),
+            meta.size,
+            meta.e_tag.clone(),
+            meta.last_modified.into(),
+        )
+    }
+
+    fn bind_version(
+        &self,
+        key: &str,
+        size: u64,
+        etag: Option<String>,
+        mtime: SystemTime,
+    ) -> FsResult<Arc<FileVersion>> {
+        let id = self.version_id(key, size, etag.as_deref(), mtime);
+        let object = self.object_id(key);
         let info = VersionInfo {
-            created: node
-                .mtime
+            created: mtime
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            key: node.path.clone(),
+            key: key.to_string(),
             digest: None,
         };
         if let Some(old) = self.index.bind_object(object, id, &info)? {
-            tracing::info!(path = %node.path, "object changed in the store; dropping its cached chunks");
+            tracing::info!(path = %key, "object changed in the store; dropping its cached chunks");
             self.retire_version(old)?;
         }
         Ok(Arc::new(FileVersion {
-            path: Path::parse(&node.path).map_err(|e| FsError::Store(e.to_string()))?,
+            path: Path::parse(key).map_err(|e| FsError::Store(e.to_string()))?,
             id,
-            size: node.size,
-            etag: node.etag.clone(),
+            size,
+            etag,
         }))
     }
 

@@ -32,14 +32,29 @@ impl Engine {
         }
     }
 
-    fn spawn<T, F>(&self, reply: Reply<T>, work: impl FnOnce(Arc<EngineCore>) -> F)
-    where
+    /// Runs `work` on the runtime and answers with its result; its latency counts
+    /// under `op`.
+    fn spawn<T, F>(
+        &self,
+        op: &'static str,
+        reply: Reply<T>,
+        work: impl FnOnce(Arc<EngineCore>) -> F,
+    ) where
         T: Send + 'static,
         F: Future<Output = FsResult<T>> + Send + 'static,
     {
         let fut = work(self.core.clone());
-        self.runtime
-            .spawn(async move { answer(reply, fut.await) }.instrument(tracing::Span::current()));
+        let span = tracing::Span::current();
+        let core = self.core.clone();
+        let started = std::time::Instant::now();
+        self.runtime.spawn(
+            async move {
+                let result = fut.await;
+                core.stats.fuse_latency.observe(op, started.elapsed());
+                answer(reply, result)
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -74,7 +89,7 @@ fn new_name(name: &OsStr) -> FsResult<String> {
 impl FsEngine for Engine {
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
         let name = existing_name(name);
-        self.spawn(reply, |core| async move {
+        self.spawn("lookup", reply, |core| async move {
             let node = core.lookup(parent, &name?).await?;
             Ok(core.entry(&node))
         });
@@ -89,7 +104,11 @@ impl FsEngine for Engine {
     }
 
     fn opendir(&self, ino: u64, reply: Reply<u64>) {
-        self.spawn(reply, |core| async move { core.opendir(ino).await });
+        self.spawn(
+            "opendir",
+            reply,
+            |core| async move { core.opendir(ino).await },
+        );
     }
 
     fn readdir(&self, _ino: u64, fh: u64, reply: Reply<Arc<[DirEntry]>>) {
@@ -101,14 +120,14 @@ impl FsEngine for Engine {
     }
 
     fn open(&self, ino: u64, mode: OpenMode, reply: Reply<Opened>) {
-        self.spawn(reply, |core| async move {
+        self.spawn("open", reply, |core| async move {
             core.open(ino, mode.write, mode.truncate).await
         });
     }
 
     fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>) {
         let name = new_name(name);
-        self.spawn(reply, |core| async move {
+        self.spawn("create", reply, |core| async move {
             let (node, staged) = core.create(parent, &name?).await?;
             let opened = core.add_staged_handle(node.ino, staged, true)?;
             Ok((core.entry(&node), opened))
@@ -125,7 +144,7 @@ impl FsEngine for Engine {
         match self.core.write_staged(&staged, offset, data) {
             Err(FsError::NoSpace(_)) => {
                 let data = data.to_vec();
-                self.spawn(reply, |core| async move {
+                self.spawn("write", reply, |core| async move {
                     core.write_when_room(&staged, offset, &data).await
                 });
             }
@@ -134,19 +153,19 @@ impl FsEngine for Engine {
     }
 
     fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>) {
-        self.spawn(reply, |core| async move {
+        self.spawn("setattr", reply, |core| async move {
             let node = core.setattr(ino, fh, change.size, change.mtime).await?;
             Ok(core.entry(&node))
         });
     }
 
     fn fsync(&self, _ino: u64, fh: u64, reply: Reply<()>) {
-        self.spawn(reply, |core| async move { core.fsync(fh).await });
+        self.spawn("fsync", reply, |core| async move { core.fsync(fh).await });
     }
 
     fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
         let name = new_name(name);
-        self.spawn(reply, |core| async move {
+        self.spawn("mkdir", reply, |core| async move {
             let node = core.mkdir(parent, &name?).await?;
             Ok(core.entry(&node))
         });
@@ -154,18 +173,16 @@ impl FsEngine for Engine {
 
     fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
         let name = existing_name(name);
-        self.spawn(
-            reply,
-            |core| async move { core.unlink(parent, &name?).await },
-        );
+        self.spawn("unlink", reply, |core| async move {
+            core.unlink(parent, &name?).await
+        });
     }
 
     fn rmdir(&self, parent: u64, name: &OsStr, reply: Reply<()>) {
         let name = existing_name(name);
-        self.spawn(
-            reply,
-            |core| async move { core.rmdir(parent, &name?).await },
-        );
+        self.spawn("rmdir", reply, |core| async move {
+            core.rmdir(parent, &name?).await
+        });
     }
 
     fn rename(
@@ -179,7 +196,7 @@ impl FsEngine for Engine {
     ) {
         // Either name not in UTF-8 is refused as a name the store cannot hold.
         let (name, target) = (new_name(name), new_name(target));
-        self.spawn(reply, |core| async move {
+        self.spawn("rename", reply, |core| async move {
             core.rename(parent, &name?, new_parent, &target?, no_replace)
                 .await
         });
@@ -193,10 +210,9 @@ impl FsEngine for Engine {
     }
 
     fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>) {
-        self.spawn(
-            reply,
-            |core| async move { core.read(fh, offset, size).await },
-        );
+        self.spawn("read", reply, |core| async move {
+            core.read(fh, offset, size).await
+        });
     }
 
     fn release(&self, _ino: u64, fh: u64, reply: Reply<()>) {
@@ -219,10 +235,9 @@ impl FsEngine for Engine {
             return answer(reply, self.core.node(ino).and(Err(FsError::NoAttribute)));
         };
         let name = name.to_string();
-        self.spawn(
-            reply,
-            |core| async move { core.get_xattr(ino, &name).await },
-        );
+        self.spawn("getxattr", reply, |core| async move {
+            core.get_xattr(ino, &name).await
+        });
     }
 
     fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>) {
@@ -232,8 +247,13 @@ impl FsEngine for Engine {
     fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], reply: Reply<()>) {
         let name = name.to_string_lossy().into_owned();
         let value = value.to_vec();
-        self.spawn(reply, |core| async move {
+        self.spawn("setxattr", reply, |core| async move {
             core.set_xattr(ino, &name, &value).await
         });
+    }
+
+    fn removexattr(&self, ino: u64, name: &OsStr, reply: Reply<()>) {
+        let name = name.to_string_lossy().into_owned();
+        answer(reply, self.core.remove_xattr(ino, &name));
     }
 }

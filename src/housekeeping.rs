@@ -33,7 +33,7 @@ fn tick_period(rule: DemoteRule) -> Duration {
 }
 
 /// Pending, running and finished uploads, as one log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UploadReport {
     pub pending: usize,
     pub in_flight: u64,
@@ -102,6 +102,16 @@ impl EngineCore {
         }
     }
 
+    /// When the file of version `id` was last opened for reading, if known.
+    fn last_opened_at(&self, id: FileId) -> u64 {
+        self.index()
+            .version_info(id)
+            .ok()
+            .flatten()
+            .and_then(|v| self.access().get(&v.key))
+            .map_or(0, |a| a.stats.last_access)
+    }
+
     /// Removes the local copies (NVMe and RAM) of the files `rule` picks at `now`,
     /// leaving alone those the kernel reads directly or a handle has open.
     /// Returns the bytes freed. Blocking.
@@ -114,7 +124,9 @@ impl EngineCore {
             .map(|(id, usage, held)| CachedFile {
                 key: id,
                 bytes: usage.bytes,
-                last_access: usage.last_access,
+                // Reads served from RAM or by the kernel touch no NVMe chunk;
+                // the file's opens count too.
+                last_access: usage.last_access.max(self.last_opened_at(id)),
                 created: match rule.age {
                     Some(_) => self
                         .index()
@@ -124,7 +136,14 @@ impl EngineCore {
                         .map(|v| v.created),
                     None => None,
                 },
-                held: held || open.contains(&id),
+                // A file pinned to RAM stays, its NVMe copy too.
+                held: held
+                    || open.contains(&id)
+                    || self
+                        .reader()
+                        .ram()
+                        .hold_of(id)
+                        .is_some_and(|h| h.kind == crate::ram_tier::HoldKind::Pin),
             })
             .collect();
         let mut freed = 0;

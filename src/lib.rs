@@ -1,21 +1,33 @@
 //! tierfs: checkpoints in an object store, shown as files, tiered over NVMe and RAM.
 
+pub mod access_table;
 pub mod aws_profile;
 pub mod chunk;
 pub mod chunk_file;
 pub mod chunk_index;
 pub mod chunk_recency;
 pub mod cli;
+pub mod cli_tier;
+pub mod control;
+pub mod control_client;
 pub mod engine;
 pub mod error;
 pub mod fs_engine;
 pub mod housekeeping;
+pub mod metrics;
 pub mod mount;
+pub mod mover;
+pub mod mover_jobs;
 pub mod namespace;
 pub mod nvme_tier;
 pub mod options;
+pub mod pins;
+pub mod placement;
+pub mod ram_tier;
+pub mod rate_limit;
 pub mod size;
 pub mod staging;
+pub mod status;
 pub mod store;
 pub mod tiered_reader;
 pub mod upload_jobs;

@@ -232,6 +232,15 @@ fn serve_inner(
         options: p.options.clone(),
     })
     .map_err(|e| format!("cannot open the cache in {}: {e}", p.cache_dir.display()))?;
+    let socket = runtime
+        .block_on(crate::control::start(core.clone(), &p.cache_dir))
+        .map_err(|e| {
+            format!(
+                "cannot start the control socket in {}: {e}",
+                p.cache_dir.display()
+            )
+        })?;
+    tracing::info!(socket = %socket.display(), "control API listening");
     let engine = Engine::new(core, runtime.handle().clone());
     let config = tierfs_fuse::MountConfig {
         mountpoint: p.mountpoint.clone(),

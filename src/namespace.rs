@@ -121,6 +121,13 @@ impl Namespace {
         self.tables.lock().nodes.get(&ino).cloned()
     }
 
+    /// The file node at `key`, if this namespace has one.
+    pub fn file_at(&self, key: &str) -> Option<Node> {
+        let tables = self.tables.lock();
+        let ino = tables.by_path.get(&(key.to_string(), FileKind::File))?;
+        tables.nodes.get(ino).cloned()
+    }
+
     pub fn node_count(&self) -> u64 {
         self.tables.lock().nodes.len() as u64
     }

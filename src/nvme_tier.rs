@@ -390,6 +390,11 @@ impl NvmeTier {
             .collect()
     }
 
+    /// Whether a chunk is on this tier (recorded; reads still check its digest).
+    pub fn has(&self, key: &ChunkKey) -> bool {
+        self.index.get(key).ok().flatten().is_some()
+    }
+
     /// Bytes of a version on this tier.
     pub fn bytes_of(&self, file: FileId) -> u64 {
         self.recency.lock().file(file).map_or(0, |u| u.bytes)

@@ -66,6 +66,13 @@ pub struct MountOptions {
     /// Local copies of files whose version is older than this are removed; zero
     /// never.
     pub age_demote: Duration,
+    /// Bandwidth of fetches for pins, placements and prefetches, bytes per
+    /// second; 0 is unlimited.
+    pub pin_bandwidth: u64,
+    /// Bandwidth of background promotions of hot files; 0 is unlimited.
+    pub promote_bandwidth: u64,
+    /// A TCP address that serves `/metrics` (the control socket always does).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
@@ -95,6 +102,9 @@ impl Default for MountOptions {
             dirty_wait: Duration::from_secs(60),
             idle_demote: Duration::ZERO,
             age_demote: Duration::ZERO,
+            pin_bandwidth: 0,
+            promote_bandwidth: 0,
+            metrics_addr: None,
         }
     }
 }
@@ -276,6 +286,17 @@ impl MountOptions {
             "dirty_wait" => self.dirty_wait = duration(v)?,
             "idle_demote" => self.idle_demote = duration(v)?,
             "age_demote" => self.age_demote = duration(v)?,
+            "pin_bandwidth" => self.pin_bandwidth = size(v)?,
+            "promote_bandwidth" => self.promote_bandwidth = size(v)?,
+            "metrics_addr" => {
+                let addr = v.parse().map_err(|_| {
+                    invalid(
+                        name,
+                        format!("'{v}' is not an address such as 127.0.0.1:9100"),
+                    )
+                })?;
+                self.metrics_addr = Some(addr)
+            }
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
         Ok(())
@@ -306,7 +327,10 @@ impl MountOptions {
             format!("dirty_wait={}", format_duration(self.dirty_wait)),
             format!("idle_demote={}", format_duration(self.idle_demote)),
             format!("age_demote={}", format_duration(self.age_demote)),
+            format!("pin_bandwidth={}", format_size(self.pin_bandwidth)),
+            format!("promote_bandwidth={}", format_size(self.promote_bandwidth)),
         ];
+        items.extend(self.metrics_addr.map(|a| format!("metrics_addr={a}")));
         if let Some(dir) = &self.cache_dir {
             items.push(format!("cache_dir={}", dir.display()));
         }
@@ -382,6 +406,8 @@ mod tests {
             ("upload_concurrency=0", "must be between 1 and 256"),
             ("upload_bandwidth=fast", "'fast' is not a size"),
             ("idle_demote=soon", "'soon' is not a duration"),
+            ("metrics_addr=localhost", "'localhost' is not an address"),
+            ("pin_bandwidth=lots", "'lots' is not a size"),
         ];
         for (input, expected) in cases {
             let err = parse(input).unwrap_err().to_string();
@@ -443,7 +469,13 @@ mod tests {
             proptest::option::of("http://[a-z0-9.]{1,12}:[0-9]{2,5}"),
             proptest::option::of("[a-z]{2}-[a-z]{4,9}-[1-3]"),
             (any::<bool>(), 1u32..=256, 0u64..1 << 40, 0u64..100_000),
-            (0u64..1 << 36, 0u64..1 << 36),
+            (
+                0u64..1 << 36,
+                0u64..1 << 36,
+                0u64..1 << 40,
+                0u64..1 << 40,
+                proptest::option::of(1024u16..),
+            ),
         )
             .prop_map(
                 |(sizes, times, fetch, flags, dir, endpoint, region, upload, demote)| {
@@ -476,6 +508,11 @@ mod tests {
                         dirty_wait: Duration::from_millis(upload.3),
                         idle_demote: Duration::from_millis(demote.0),
                         age_demote: Duration::from_millis(demote.1),
+                        pin_bandwidth: demote.2,
+                        promote_bandwidth: demote.3,
+                        metrics_addr: demote
+                            .4
+                            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
                     }
                 },
             )

@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use moka::policy::EvictionPolicy;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use parking_lot::Mutex;
@@ -19,8 +18,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::error::{FsError, FsResult};
+use crate::metrics::latency_histogram;
 use crate::nvme_tier::{NvmeTier, digest};
 use crate::options::MountOptions;
+use crate::ram_tier::RamTier;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// One version of one object, as reads see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct FileVersion {
 #[derive(Debug, Default)]
 pub struct ReadStats {
     pub ram_hits: AtomicU64,
+    /// Chunks asked of the RAM tier that it did not have.
+    pub ram_misses: AtomicU64,
     pub store_fetches: AtomicU64,
     pub store_bytes: AtomicU64,
     pub shared_fetches: AtomicU64,
@@ -67,7 +71,7 @@ impl MemoryBudget {
 
 pub struct TieredReader {
     store: Arc<dyn ObjectStore>,
-    ram: moka::sync::Cache<ChunkKey, Bytes>,
+    ram: RamTier,
     nvme: Arc<NvmeTier>,
     chunk_size: u64,
     fetch_timeout: Duration,
@@ -77,7 +81,10 @@ pub struct TieredReader {
     memory_total: u64,
     /// Ranged GETs in flight.
     fetches: Arc<Semaphore>,
+    /// Readers waiting for a chunk that RAM did not have; the mover yields to them.
+    demand_waiting: AtomicU64,
     pub stats: ReadStats,
+    pub fetch_latency: Histogram,
 }
 
 impl TieredReader {
@@ -91,17 +98,9 @@ impl TieredReader {
             options.chunk_size,
             options.fetch_concurrency,
         );
-        // LRU rather than moka's frequency-based admission: a chunk fetched ahead
-        // of a reader has never been read, and must not be turned away for that.
-        let ram = moka::sync::Cache::builder()
-            .max_capacity(budget.ram_tier)
-            .eviction_policy(EvictionPolicy::lru())
-            .support_invalidation_closures()
-            .weigher(|_k: &ChunkKey, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
-            .build();
         Arc::new(TieredReader {
             store,
-            ram,
+            ram: RamTier::new(budget.ram_tier),
             nvme,
             chunk_size: options.chunk_size,
             fetch_timeout: options.fetch_timeout,
@@ -109,7 +108,9 @@ impl TieredReader {
             memory: Arc::new(Semaphore::new(budget.in_flight as usize)),
             memory_total: budget.in_flight,
             fetches: Arc::new(Semaphore::new(options.fetch_concurrency as usize)),
+            demand_waiting: AtomicU64::new(0),
             stats: ReadStats::default(),
+            fetch_latency: latency_histogram(),
         })
     }
 
@@ -126,9 +127,10 @@ impl TieredReader {
     /// Bytes of a version held in the RAM tier.
     pub fn ram_bytes_of(&self, file: FileId, size: u64) -> u64 {
         let layout = crate::chunk::ChunkLayout::new(self.chunk_size, size);
+        self.ram.settle();
         (0..layout.chunk_count())
             .filter(|index| {
-                self.ram.contains_key(&ChunkKey {
+                self.ram.contains(&ChunkKey {
                     file,
                     index: *index,
                 })
@@ -137,11 +139,18 @@ impl TieredReader {
             .sum()
     }
 
-    /// Drops every chunk of a version from the RAM tier.
+    /// Drops every chunk of a version from the RAM tier, held or not.
     pub fn forget_ram(&self, file: FileId) {
-        if let Err(e) = self.ram.invalidate_entries_if(move |k, _| k.file == file) {
-            tracing::debug!("RAM tier invalidation: {e}");
-        }
+        self.ram.forget(file);
+    }
+
+    pub fn ram(&self) -> &RamTier {
+        &self.ram
+    }
+
+    /// Readers waiting now for chunks RAM did not have.
+    pub fn demand_waiting(&self) -> u64 {
+        self.demand_waiting.load(Ordering::Relaxed)
     }
 
     pub fn nvme(&self) -> &NvmeTier {
@@ -150,8 +159,7 @@ impl TieredReader {
 
     /// Bytes held by the RAM tier.
     pub fn ram_used(&self) -> u64 {
-        self.ram.run_pending_tasks();
-        self.ram.weighted_size()
+        self.ram.used()
     }
 
     /// Bytes of the in-flight budget in use now.
@@ -199,7 +207,61 @@ impl TieredReader {
             self.stats.ram_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(bytes);
         }
-        self.start_load(file, key, None).await
+        self.stats.ram_misses.fetch_add(1, Ordering::Relaxed);
+        self.demand_waiting.fetch_add(1, Ordering::Relaxed);
+        let result = self.start_load(file, key, None).await;
+        self.demand_waiting.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+
+    /// One whole chunk for the tier manager: like [`TieredReader::chunk`], but not
+    /// counted as a demand read, and kept in the held set when its file is held.
+    pub async fn chunk_for_mover(
+        self: &Arc<Self>,
+        file: &Arc<FileVersion>,
+        index: u64,
+    ) -> FsResult<Bytes> {
+        let key = ChunkKey {
+            file: file.id,
+            index,
+        };
+        let bytes = match self.ram.get(&key) {
+            Some(bytes) => bytes,
+            None => self.start_load(file, key, None).await?,
+        };
+        self.ram.insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// One whole chunk, made sure to be on NVMe before it returns.
+    pub async fn chunk_to_nvme(
+        self: &Arc<Self>,
+        file: &Arc<FileVersion>,
+        index: u64,
+    ) -> FsResult<Bytes> {
+        let key = ChunkKey {
+            file: file.id,
+            index,
+        };
+        let bytes = match self.ram.get(&key) {
+            Some(bytes) => bytes,
+            None => self.start_load(file, key, None).await?,
+        };
+        if !self.nvme.has(&key) {
+            let nvme = self.nvme.clone();
+            let copy = bytes.clone();
+            let written =
+                tokio::task::spawn_blocking(move || nvme.write(&key, &copy, digest(&copy)))
+                    .await
+                    .map_err(|e| FsError::Cache(e.to_string()))??;
+            if !written {
+                return Err(FsError::NoSpace(format!(
+                    "no room on NVMe for chunk {index} of /{}",
+                    file.path
+                )));
+            }
+        }
+        Ok(bytes)
     }
 
     /// Starts loading a chunk ahead of a reader, unless it is in RAM, already on
@@ -210,7 +272,7 @@ impl TieredReader {
             file: file.id,
             index,
         };
-        if self.ram.contains_key(&key) || self.inflight.lock().contains_key(&key) {
+        if self.ram.contains(&key) || self.inflight.lock().contains_key(&key) {
             return;
         }
         let len = ChunkLayout::new(self.chunk_size, file.size).chunk_len(index);
@@ -310,6 +372,7 @@ impl TieredReader {
             if_match: file.etag.clone(),
             ..GetOptions::default()
         };
+        let started = std::time::Instant::now();
         let get = async {
             let _slot = self.fetches.acquire().await;
             let result = self.store.get_opts(&file.path, options).await?;
@@ -336,6 +399,7 @@ impl TieredReader {
                 bytes.len()
             )));
         }
+        self.fetch_latency.observe(started.elapsed().as_secs_f64());
         self.stats.store_fetches.fetch_add(1, Ordering::Relaxed);
         self.stats.store_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(bytes)

@@ -122,6 +122,10 @@ impl EngineCore {
                 continue;
             }
             if self.adopt(id, &up, &sealed)? {
+                // A new file below a pinned directory joins the pin.
+                if self.manager().pins.effective(&up.key).is_some() {
+                    self.placement_changed();
+                }
                 return Ok(());
             }
         }

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::chunk::ChunkLayout;
 use crate::error::{FsError, FsResult};
+use crate::rate_limit::{RateLimiter, pace};
 use crate::staging::{StagingArea, read_at};
 use crate::store::StoreClient;
 use crate::write_registry::{SealedUpload, StagedRecord, WriteRegistry};
@@ -50,25 +51,6 @@ pub struct UploadStats {
     pub failed_attempts: AtomicU64,
     pub completed: AtomicU64,
     pub bytes_uploaded: AtomicU64,
-}
-
-/// Spaces out bytes so that they leave at no more than `rate` per second.
-struct RateLimiter {
-    rate: u64,
-    next: parking_lot::Mutex<Instant>,
-}
-
-impl RateLimiter {
-    async fn take(&self, bytes: u64) {
-        let cost = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
-        let start = {
-            let mut next = self.next.lock();
-            let start = (*next).max(Instant::now());
-            *next = start + cost;
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
-    }
 }
 
 pub struct Uploader {
@@ -103,10 +85,7 @@ impl Uploader {
             staging,
             parts: Semaphore::new(concurrency as usize),
             concurrency: concurrency as usize,
-            bandwidth: (bandwidth > 0).then(|| RateLimiter {
-                rate: bandwidth,
-                next: parking_lot::Mutex::new(Instant::now()),
-            }),
+            bandwidth: RateLimiter::new(bandwidth),
             stats: UploadStats::default(),
         }
     }
@@ -196,9 +175,7 @@ impl Uploader {
     }
 
     async fn pace(&self, bytes: u64) {
-        if let Some(limit) = &self.bandwidth {
-            limit.take(bytes).await;
-        }
+        pace(&self.bandwidth, bytes).await;
         self.stats
             .bytes_uploaded
             .fetch_add(bytes, Ordering::Relaxed);

@@ -5,39 +5,39 @@
 //!   and bytes, such as `ram 25% 2097152, nvme 100% 8388608, store 100% 8388608`.
 //! - `user.tierfs.digest` (read): the whole-file xxh3-128 digest, when known (files
 //!   written through the mount; the store keeps it in object metadata).
-//! - `user.tierfs.prefetch` (write `ram` or `nvme`): fetches the file into that
-//!   tier once, in the background, without pinning it.
-
-use std::sync::Arc;
+//! - `user.tierfs.prefetch` (write `ram` or `nvme`): fetches the file (or every
+//!   file below the directory) into that tier once, in the background, without
+//!   pinning it.
+//! - `user.tierfs.pin` (write `ram` or `nvme`, remove to unpin; read on a file
+//!   gives the pin that applies to it): keeps a file, or everything below a
+//!   directory including files created later, in the tier.
 
 use object_store::{Attribute, GetOptions};
 
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
+use crate::mover::{JobAction, JobClass, TierName};
 use crate::namespace::Node;
 use crate::uploader::DIGEST_METADATA;
 use crate::write_path::parse_key;
 use tierfs_fuse::FileKind;
+use tierfs_policy::Tier;
 
 pub const TIER: &str = "user.tierfs.tier";
 pub const DIGEST: &str = "user.tierfs.digest";
 pub const PREFETCH: &str = "user.tierfs.prefetch";
-
-/// A tier a file can be fetched into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchTier {
-    Ram,
-    Nvme,
-}
+pub const PIN: &str = "user.tierfs.pin";
+/// On the mount's root (read): the path of the control socket.
+pub const CONTROL: &str = "user.tierfs.control";
 
 /// Reads an attribute value naming a tier; anything else is refused with the
 /// reason in words.
-pub fn parse_tier(name: &str, value: &[u8]) -> FsResult<FetchTier> {
+pub fn parse_tier(name: &str, value: &[u8]) -> FsResult<TierName> {
     let text = std::str::from_utf8(value)
         .map_err(|_| FsError::InvalidArgument(format!("{name}: the value is not UTF-8")))?;
     match text.trim() {
-        "ram" => Ok(FetchTier::Ram),
-        "nvme" => Ok(FetchTier::Nvme),
+        "ram" => Ok(TierName::Ram),
+        "nvme" => Ok(TierName::Nvme),
         v if v == "vram" || v.starts_with("vram:") => Err(FsError::InvalidArgument(format!(
             "{name}: '{v}' needs the GPU helper, which this build does not have yet"
         ))),
@@ -53,16 +53,23 @@ impl EngineCore {
     /// still be read from the store's metadata by name.
     pub fn list_xattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
-        let mut out = Vec::new();
+        let mut names = Vec::new();
         if node.kind == FileKind::File {
-            let mut names = vec![TIER];
+            names.push(TIER);
             if self.known_digest(&node).is_some() {
                 names.push(DIGEST);
             }
-            for name in names {
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-            }
+        }
+        if self.manager().pins.effective(&node.path).is_some() {
+            names.push(PIN);
+        }
+        if node.path.is_empty() {
+            names.push(CONTROL);
+        }
+        let mut out = Vec::new();
+        for name in names {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
         }
         Ok(out)
     }
@@ -88,6 +95,16 @@ impl EngineCore {
 
     pub async fn get_xattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
+        if name == PIN {
+            return match self.manager().pins.effective(&node.path) {
+                Some((_, tier)) => Ok(tier.name().as_bytes().to_vec()),
+                None => Err(FsError::NoAttribute),
+            };
+        }
+        if name == CONTROL && node.path.is_empty() {
+            let socket = crate::control::socket_path(self.cache_dir());
+            return Ok(socket.into_os_string().into_encoded_bytes());
+        }
         if node.kind != FileKind::File {
             return Err(FsError::NoAttribute);
         }
@@ -98,17 +115,33 @@ impl EngineCore {
         }
     }
 
-    pub async fn set_xattr(self: &Arc<Self>, ino: u64, name: &str, value: &[u8]) -> FsResult<()> {
+    pub fn remove_xattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        let node = self.node(ino)?;
+        match name {
+            PIN => self.unpin(&node.path),
+            TIER | DIGEST | CONTROL => {
+                Err(FsError::InvalidArgument(format!("{name} is read-only")))
+            }
+            PREFETCH => Err(FsError::NoAttribute),
+            _ => Err(FsError::NotSupported(format!("extended attribute {name}"))),
+        }
+    }
+
+    pub async fn set_xattr(&self, ino: u64, name: &str, value: &[u8]) -> FsResult<()> {
         let node = self.node(ino)?;
         match name {
             PREFETCH => {
                 let tier = parse_tier(name, value).inspect_err(|e| tracing::warn!("{e}"))?;
-                if node.kind != FileKind::File {
-                    return Err(FsError::IsADirectory);
-                }
-                self.prefetch_file(node, tier)
+                self.prefetch(&node, tier);
+                Ok(())
             }
-            TIER | DIGEST => Err(FsError::InvalidArgument(format!("{name} is read-only"))),
+            PIN => {
+                let tier = parse_tier(name, value).inspect_err(|e| tracing::warn!("{e}"))?;
+                self.pin(&node.path, tier).await
+            }
+            TIER | DIGEST | CONTROL => {
+                Err(FsError::InvalidArgument(format!("{name} is read-only")))
+            }
             _ => Err(FsError::NotSupported(format!("extended attribute {name}"))),
         }
     }
@@ -134,12 +167,23 @@ impl EngineCore {
         let id = self.file_id(node);
         let ram = self.reader().ram_bytes_of(id, node.size);
         let nvme = self.reader().nvme().bytes_of(id);
-        Ok(format!(
+        let mut report = format!(
             "ram {}, nvme {}, store {}",
             share(ram),
             share(nvme),
             share(node.size)
-        ))
+        );
+        // A pin's progress: the share of the file in its tier and held there.
+        if let Some((_, tier)) = self.manager().pins.effective(&node.path) {
+            let held = match tier {
+                Tier::Ram if self.reader().ram().hold_of(id).is_some() => ram,
+                Tier::Nvme if self.pin_holds_nvme(&node.path, id) => nvme,
+                _ => 0,
+            };
+            let percent = (held * 100).checked_div(node.size).unwrap_or(100).min(100);
+            report.push_str(&format!(", pin {} {percent}%", tier.name()));
+        }
+        Ok(report)
     }
 
     /// The whole-file digest: of the sealed bytes for a staged file, from the
@@ -168,22 +212,29 @@ impl EngineCore {
             .ok_or(FsError::NoAttribute)
     }
 
-    /// Fetches every chunk of a file once, in the background.
-    fn prefetch_file(self: &Arc<Self>, node: Node, tier: FetchTier) -> FsResult<()> {
+    /// Fetches every chunk of a file, or of every file below a directory, once,
+    /// in the background.
+    fn prefetch(&self, node: &Node, tier: TierName) {
         if node.staged.is_some() {
-            return Ok(()); // Its bytes are all local already.
+            return; // Its bytes are all local already.
         }
-        let version = self.version_of(&node)?;
-        let core = self.clone();
-        tokio::spawn(async move {
-            match core.reader().load_whole(&version).await {
-                Ok(()) => tracing::info!(path = %version.path, "prefetched into {tier:?}"),
-                Err(e) => {
-                    tracing::warn!(path = %version.path, "prefetch into {tier:?} stopped: {e}")
-                }
-            }
-        });
-        Ok(())
+        self.manager().mover.submit(
+            JobClass::Explicit,
+            JobAction::Fetch(tier),
+            vec![node.path.clone()],
+            None,
+            "prefetch",
+        );
+    }
+
+    /// Whether the pin of the file at `key` holds version `id` on NVMe.
+    fn pin_holds_nvme(&self, key: &str, id: crate::chunk_index::FileId) -> bool {
+        self.manager()
+            .placement
+            .pinned
+            .lock()
+            .get(key)
+            .is_some_and(|f| f.nvme_held && f.version.id == id)
     }
 }
 
@@ -193,8 +244,8 @@ mod tests {
 
     #[test]
     fn tiers_parse_and_bad_values_say_why() {
-        assert_eq!(parse_tier(PREFETCH, b"ram").unwrap(), FetchTier::Ram);
-        assert_eq!(parse_tier(PREFETCH, b"nvme\n").unwrap(), FetchTier::Nvme);
+        assert_eq!(parse_tier(PREFETCH, b"ram").unwrap(), TierName::Ram);
+        assert_eq!(parse_tier(PREFETCH, b"nvme\n").unwrap(), TierName::Nvme);
         let vram = parse_tier(PREFETCH, b"vram:0").unwrap_err().to_string();
         assert!(vram.contains("GPU helper"), "{vram}");
         let bad = parse_tier(PREFETCH, b"disk").unwrap_err();

@@ -748,6 +748,10 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = debug_span!("removexattr", ino = ino.0, ?name).entered();
-        reply.fail(fuser::Errno::ENODATA)
+        self.engine.removexattr(
+            ino.0,
+            name,
+            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+        );
     }
 }

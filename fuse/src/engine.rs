@@ -144,4 +144,5 @@ pub trait FsEngine: Send + Sync + 'static {
     /// Names, each followed by a NUL byte, as listxattr(2) returns them.
     fn listxattr(&self, ino: u64, reply: Reply<Vec<u8>>);
     fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], reply: Reply<()>);
+    fn removexattr(&self, ino: u64, name: &OsStr, reply: Reply<()>);
 }
