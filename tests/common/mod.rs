@@ -82,8 +82,21 @@ impl S3Server {
             port: free_port(),
             data,
         };
-        server.restart();
-        server
+        // A port picked free may be taken (as a client's local port, say)
+        // before the server binds it; the server then exits: try another.
+        for _ in 0..5 {
+            server.restart();
+            std::thread::sleep(Duration::from_millis(100));
+            let exited = server
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if !exited {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("s3s-fs did not stay up on any port tried");
     }
 
     /// Starts the server (again) on the same port and data.
@@ -97,7 +110,23 @@ impl S3Server {
             .spawn()
             .expect("start s3s-fs");
         self.child = Some(child);
-        wait_for_port(self.port, "s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            // Exited: the port was taken; `start` tries another.
+            if exited {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn stop(&mut self) {
