@@ -221,6 +221,17 @@ impl TieredReader {
         file: &Arc<FileVersion>,
         index: u64,
     ) -> FsResult<Bytes> {
+        let (key, bytes) = self.chunk_off_demand(file, index).await?;
+        self.ram.insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
+    /// A chunk from RAM or loaded, not counted as a demand read.
+    async fn chunk_off_demand(
+        self: &Arc<Self>,
+        file: &Arc<FileVersion>,
+        index: u64,
+    ) -> FsResult<(ChunkKey, Bytes)> {
         let key = ChunkKey {
             file: file.id,
             index,
@@ -229,8 +240,7 @@ impl TieredReader {
             Some(bytes) => bytes,
             None => self.start_load(file, key, None).await?,
         };
-        self.ram.insert(key, bytes.clone());
-        Ok(bytes)
+        Ok((key, bytes))
     }
 
     /// One whole chunk, made sure to be on NVMe before it returns.
@@ -239,14 +249,7 @@ impl TieredReader {
         file: &Arc<FileVersion>,
         index: u64,
     ) -> FsResult<Bytes> {
-        let key = ChunkKey {
-            file: file.id,
-            index,
-        };
-        let bytes = match self.ram.get(&key) {
-            Some(bytes) => bytes,
-            None => self.start_load(file, key, None).await?,
-        };
+        let (key, bytes) = self.chunk_off_demand(file, index).await?;
         if !self.nvme.has(&key) {
             let nvme = self.nvme.clone();
             let copy = bytes.clone();
