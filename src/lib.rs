@@ -3,6 +3,7 @@
 pub mod access_table;
 pub mod aws_profile;
 pub mod chunk;
+pub mod chunk_buffer;
 pub mod chunk_file;
 pub mod chunk_index;
 pub mod chunk_recency;

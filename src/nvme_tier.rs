@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +14,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::chunk::ChunkLayout;
-use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
+use crate::chunk_buffer::ChunkBuffer;
+use crate::chunk_file::{disk_free, punch_hole, read_exact_at, write_all_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
 use crate::chunk_recency::{ChunkRecency, FileUse};
 use crate::error::FsResult;
@@ -144,10 +144,13 @@ impl NvmeTier {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut buf = vec![0u8; record.len as usize];
+        let mut buf = ChunkBuffer::with_capacity(record.len as usize)?;
         let offset = key.index * self.chunk_size;
-        let valid = match read_exact_at(&file, &mut buf, offset) {
-            Ok(()) => digest(&buf) == record.digest,
+        let valid = match read_exact_at(&file, buf.spare(), offset) {
+            Ok(()) => {
+                buf.advance(record.len as usize);
+                digest(buf.as_ref()) == record.digest
+            }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
             Err(e) => return Err(e.into()),
         };
@@ -171,7 +174,7 @@ impl NvmeTier {
             }
         }
         self.mark_verified(key);
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(buf.freeze()))
     }
 
     /// Stores a chunk, evicting least recently used chunks to stay inside the
@@ -187,7 +190,12 @@ impl NvmeTier {
         // record points to, never a record that points to missing bytes.
         self.index.delete(key)?;
         let file = self.file(key.file, true)?;
-        file.write_all_at(data, key.index * self.chunk_size)?;
+        write_all_at(
+            &self.path_of(key.file),
+            &file,
+            data,
+            key.index * self.chunk_size,
+        )?;
         let record = ChunkRecord {
             digest: chunk_digest,
             len: data.len() as u32,
@@ -441,6 +449,7 @@ fn remove_unrecorded_files(dir: &Path, recency: &ChunkRecency) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn tier(dir: &Path, budget: u64) -> NvmeTier {
         let index = Arc::new(ChunkIndex::open(&dir.join("index")).unwrap());

@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chunk::ChunkLayout;
+use crate::chunk_buffer::ChunkBuffer;
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::error::{FsError, FsResult};
 use crate::metrics::latency_histogram;
@@ -376,31 +377,46 @@ impl TieredReader {
             ..GetOptions::default()
         };
         let started = std::time::Instant::now();
+        let too_long = |sent: String| {
+            FsError::Stale(format!(
+                "{}: expected {len} bytes of chunk {index}, the store sent {sent}",
+                file.path
+            ))
+        };
         let get = async {
             let _slot = self.fetches.acquire().await;
-            let result = self.store.get_opts(&file.path, options).await?;
+            let result = self
+                .store
+                .get_opts(&file.path, options)
+                .await
+                .map_err(FsError::from_store)?;
             // Some servers ignore If-Match: a body of another version is refused
             // here, never served as this one.
             if let (Some(want), Some(got)) = (&file.etag, &result.meta.e_tag)
                 && want != got
             {
-                return Err(object_store::Error::Precondition {
+                return Err(FsError::from_store(object_store::Error::Precondition {
                     path: file.path.to_string(),
                     source: format!("the object is at ETag {got}, not {want}").into(),
-                });
+                }));
             }
-            result.bytes().await
+            // Straight into an aligned buffer, which the NVMe tier writes with
+            // O_DIRECT: the body is copied once, not twice.
+            let mut buffer = ChunkBuffer::with_capacity(len as usize)?;
+            let mut body = result.into_stream();
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(FsError::from_store)?;
+                if buffer.extend_from_slice(&piece).is_err() {
+                    return Err(too_long("more".into()));
+                }
+            }
+            Ok(buffer.freeze())
         };
         let bytes = tokio::time::timeout(self.fetch_timeout, get)
             .await
-            .map_err(|_| FsError::Timeout(self.fetch_timeout))?
-            .map_err(FsError::from_store)?;
+            .map_err(|_| FsError::Timeout(self.fetch_timeout))??;
         if bytes.len() as u64 != len {
-            return Err(FsError::Stale(format!(
-                "{}: expected {len} bytes of chunk {index}, the store sent {}",
-                file.path,
-                bytes.len()
-            )));
+            return Err(too_long(bytes.len().to_string()));
         }
         self.fetch_latency.observe(started.elapsed().as_secs_f64());
         self.stats.store_fetches.fetch_add(1, Ordering::Relaxed);
