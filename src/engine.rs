@@ -409,6 +409,15 @@ impl EngineCore {
             if !self.options.passthrough {
                 return Ok(None);
             }
+            // A file held whole in RAM is read from its memfd; the NVMe hold
+            // taken with it is what release gives back for any passthrough handle.
+            if let Some(file) = self.reader.ram().backing_file(version.id) {
+                self.reader.nvme().hold(version.id);
+                return Ok(Some(Backing {
+                    version: version.id.0,
+                    file,
+                }));
+            }
             let layout = ChunkLayout::new(self.options.chunk_size, version.size);
             Ok(self
                 .reader

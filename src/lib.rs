@@ -24,6 +24,7 @@ pub mod nvme_tier;
 pub mod options;
 pub mod pins;
 pub mod placement;
+pub mod ram_file;
 pub mod ram_tier;
 pub mod rate_limit;
 pub mod size;

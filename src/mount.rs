@@ -251,6 +251,7 @@ fn serve_inner(
         // Room for the kernel readahead of as many chunks as are fetched at once.
         max_background: (p.options.fetch_concurrency.saturating_mul(4)).clamp(16, 1024) as u16,
     };
+    raise_max_pages();
     let session = tierfs_fuse::mount(engine, &config).map_err(|e| {
         format!(
             "cannot mount at {}: {}",
@@ -272,6 +273,38 @@ fn serve_inner(
         .map_err(|e| format!("FUSE session ended: {e}"))?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// Largest FUSE request tierfs asks the kernel to allow, in pages (16 MiB).
+const MAX_PAGES: u64 = 4096;
+
+/// The kernel caps every FUSE request at /proc/sys/fs/fuse/max_pages_limit pages,
+/// 1 MiB by default; fewer, larger requests cost fewer round trips through the
+/// daemon. As root, raise the cap to 16 MiB before mounting (the kernel reads it
+/// when the session starts); it only lets FUSE servers ask for more. Best effort.
+fn raise_max_pages() {
+    const KNOB: &str = "/proc/sys/fs/fuse/max_pages_limit";
+    let Ok(limit) = std::fs::read_to_string(KNOB) else {
+        return;
+    };
+    let Ok(limit) = limit.trim().parse::<u64>() else {
+        return;
+    };
+    if limit >= MAX_PAGES {
+        tracing::info!(max_pages_limit = limit, "largest FUSE request");
+        return;
+    }
+    match std::fs::write(KNOB, MAX_PAGES.to_string()) {
+        Ok(()) => tracing::info!(
+            from = limit,
+            to = MAX_PAGES,
+            "raised {KNOB} for larger FUSE requests"
+        ),
+        Err(e) => tracing::info!(
+            max_pages_limit = limit,
+            "largest FUSE request is {limit} pages; cannot raise {KNOB} ({e})"
+        ),
+    }
 }
 
 /// The kernel reads ahead only 128 KiB on a new FUSE mount; one chunk ahead lets
@@ -296,12 +329,6 @@ fn raise_readahead(mountpoint: &Path, chunk_size: u64) {
     match std::fs::write(&knob, kb.to_string()) {
         Ok(()) => tracing::info!(read_ahead_kb = kb, "kernel readahead raised"),
         Err(e) => tracing::debug!("cannot raise kernel readahead through {knob}: {e}"),
-    }
-    if let Ok(limit) = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit") {
-        tracing::info!(
-            max_pages_limit = limit.trim(),
-            "largest FUSE request is max_pages_limit pages; raise /proc/sys/fs/fuse/max_pages_limit before mounting for more"
-        );
     }
 }
 

@@ -3,6 +3,8 @@
 //! in RAM (pinned, or promoted for being hot). A file's whole size is reserved
 //! when it is held and the cache shrinks by as much, so the cache and the held
 //! set together never exceed the tier's size, and a held chunk is never evicted.
+//! A held file's chunks live in one memfd ([`RamFile`]), which the kernel reads
+//! directly (FUSE passthrough) once the whole file is in.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,8 @@ use moka::policy::EvictionPolicy;
 use parking_lot::{Mutex, RwLock};
 
 use crate::chunk_index::{ChunkKey, FileId};
+use crate::ram_file::RamFile;
+use std::sync::Arc;
 
 /// Why a file is held in RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,6 +46,8 @@ pub struct RamTier {
     cache: RwLock<ChunkCache>,
     held_chunks: RwLock<HashMap<ChunkKey, Bytes>>,
     holds: Mutex<HashMap<FileId, Hold>>,
+    ram_files: Mutex<HashMap<FileId, Arc<RamFile>>>,
+    chunk_size: u64,
 }
 
 fn new_cache(capacity: u64) -> ChunkCache {
@@ -57,12 +63,34 @@ fn new_cache(capacity: u64) -> ChunkCache {
 }
 
 impl RamTier {
-    pub fn new(capacity: u64) -> RamTier {
+    pub fn new(capacity: u64, chunk_size: u64) -> RamTier {
         RamTier {
             capacity,
             cache: RwLock::new(new_cache(capacity)),
             held_chunks: RwLock::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            ram_files: Mutex::new(HashMap::new()),
+            chunk_size,
+        }
+    }
+
+    /// The chunk as a view of its file's memfd when the file has one.
+    fn in_ram_file(&self, key: &ChunkKey, bytes: Bytes) -> Bytes {
+        let ram_file = self.ram_files.lock().get(&key.file).cloned();
+        ram_file
+            .and_then(|f| f.put(key.index, &bytes))
+            .unwrap_or(bytes)
+    }
+
+    /// The memfd holding all of a held file, for the kernel to serve it from.
+    pub fn backing_file(&self, file: FileId) -> Option<std::fs::File> {
+        let ram_file = self.ram_files.lock().get(&file).cloned()?;
+        match ram_file.backing()? {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::debug!("cannot share the RAM copy of {}: {e}", file.hex());
+                None
+            }
         }
     }
 
@@ -85,6 +113,7 @@ impl RamTier {
     /// Keeps a chunk: in the held set when its file is held, in the cache otherwise.
     pub fn insert(&self, key: ChunkKey, bytes: Bytes) {
         if self.holds.lock().contains_key(&key.file) {
+            let bytes = self.in_ram_file(&key, bytes);
             self.held_chunks.write().insert(key, bytes);
             // Cached before the hold by a reader that raced it.
             self.cache.read().invalidate(&key);
@@ -110,11 +139,30 @@ impl RamTier {
         }
         let kind = holds.get(&file).map_or(kind, |h| h.kind.max(kind));
         let before = holds.insert(file, Hold { kind, bytes });
-        if before.map(|h| h.bytes) != Some(bytes) {
+        let resized = before.map(|h| h.bytes) != Some(bytes);
+        if resized {
             self.resize(self.capacity - (others + bytes));
+            match RamFile::create(&file.hex(), bytes, self.chunk_size) {
+                Ok(f) => self.ram_files.lock().insert(file, f),
+                Err(e) => {
+                    tracing::info!(
+                        "no memfd for a RAM copy ({e}); the kernel will not read it directly"
+                    );
+                    self.ram_files.lock().remove(&file)
+                }
+            };
         }
         let cache = self.cache.read();
         let mut held = self.held_chunks.write();
+        if resized {
+            // Held already, as views of the memfd just replaced: copy them over.
+            let mine: Vec<ChunkKey> = held.keys().filter(|k| k.file == file).copied().collect();
+            for key in mine {
+                if let Some(bytes) = held.remove(&key) {
+                    held.insert(key, self.in_ram_file(&key, bytes));
+                }
+            }
+        }
         let cached: Vec<ChunkKey> = cache
             .iter()
             .filter(|(k, _)| k.file == file)
@@ -122,17 +170,20 @@ impl RamTier {
             .collect();
         for key in cached {
             if let Some(bytes) = cache.remove(&key) {
-                held.insert(key, bytes);
+                held.insert(key, self.in_ram_file(&key, bytes));
             }
         }
         Ok(())
     }
 
     /// Ends a file's hold: its chunks go back to the cache, where they stay only
-    /// while they are read. Returns the hold ended.
+    /// while they are read. They are views of the file's memfd, which is freed
+    /// once the last of them leaves (chunks of one file, put back together, leave
+    /// the LRU together). Returns the hold ended.
     pub fn release(&self, file: FileId) -> Option<Hold> {
         let mut holds = self.holds.lock();
         let hold = holds.remove(&file)?;
+        self.ram_files.lock().remove(&file);
         let reserved: u64 = holds.values().map(|h| h.bytes).sum();
         self.resize(self.capacity - reserved.min(self.capacity));
         let chunks: Vec<(ChunkKey, Bytes)> = {
@@ -231,7 +282,7 @@ mod tests {
 
     #[test]
     fn held_chunks_stay_and_the_cache_gives_up_their_room() {
-        let ram = RamTier::new(1000);
+        let ram = RamTier::new(1000, 100);
         ram.hold(FileId(1), HoldKind::Pin, 600).unwrap();
         for i in 0..6 {
             ram.insert(key(1, i), chunk(100));
@@ -247,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_hold_past_the_capacity_has_no_room_and_changes_nothing() {
-        let ram = RamTier::new(1000);
+        let ram = RamTier::new(1000, 100);
         ram.hold(FileId(1), HoldKind::Pin, 700).unwrap();
         let err = ram.hold(FileId(2), HoldKind::Pin, 400).unwrap_err();
         assert_eq!(
@@ -263,16 +314,25 @@ mod tests {
     }
 
     #[test]
-    fn released_chunks_go_back_to_the_cache_and_leave_under_pressure() {
-        let ram = RamTier::new(1000);
-        ram.insert(key(1, 0), chunk(100));
-        ram.hold(FileId(1), HoldKind::Hot, 200).unwrap();
+    fn held_chunks_live_in_a_memfd_that_backs_the_file_once_complete() {
+        let ram = RamTier::new(1000, 100);
+        ram.insert(key(1, 0), Bytes::from(vec![1u8; 100]));
+        ram.hold(FileId(1), HoldKind::Hot, 250).unwrap();
         // A chunk cached before the hold moved into the held set.
         assert_eq!(ram.held_bytes(), 100);
-        ram.insert(key(1, 1), chunk(100));
+        assert!(ram.backing_file(FileId(1)).is_none());
+        ram.insert(key(1, 1), Bytes::from(vec![2u8; 100]));
+        ram.insert(key(1, 2), Bytes::from(vec![3u8; 50]));
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut ram.backing_file(FileId(1)).unwrap(), &mut back).unwrap();
+        assert_eq!(back.len(), 250);
+        assert!(back[..100].iter().all(|b| *b == 1) && back[200..].iter().all(|b| *b == 3));
+        assert_eq!(ram.get(&key(1, 1)).unwrap()[..], [2u8; 100][..]);
+        // Released: back in the cache, no longer a backing file, and out under
+        // pressure.
         assert_eq!(ram.release(FileId(1)).unwrap().kind, HoldKind::Hot);
         assert_eq!(ram.held_bytes(), 0);
-        assert!(ram.contains(&key(1, 0)) && ram.contains(&key(1, 1)));
+        assert!(ram.contains(&key(1, 0)) && ram.backing_file(FileId(1)).is_none());
         for i in 0..30 {
             ram.insert(key(2, i), chunk(100));
             ram.get(&key(2, i));
@@ -284,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_pin_is_not_downgraded_and_forget_drops_everything() {
-        let ram = RamTier::new(1000);
+        let ram = RamTier::new(1000, 100);
         ram.hold(FileId(1), HoldKind::Pin, 100).unwrap();
         ram.hold(FileId(1), HoldKind::Hot, 100).unwrap();
         assert_eq!(ram.hold_of(FileId(1)).unwrap().kind, HoldKind::Pin);

@@ -101,7 +101,7 @@ impl TieredReader {
         );
         Arc::new(TieredReader {
             store,
-            ram: RamTier::new(budget.ram_tier),
+            ram: RamTier::new(budget.ram_tier, options.chunk_size),
             nvme,
             chunk_size: options.chunk_size,
             fetch_timeout: options.fetch_timeout,

@@ -67,6 +67,8 @@ fn a_file_pinned_to_ram_is_read_with_the_store_unreachable() {
     let proxy = FaultProxy::start(backend.s3_server().port, " HTTP/1.1\r\n");
     let cache = tempfile::tempdir().unwrap();
     let endpoint = format!("endpoint={}", proxy.endpoint());
+    let port = free_port();
+    let metrics_addr = format!("metrics_addr=127.0.0.1:{port}");
     let mount = Mount::new(
         &backend,
         cache.path(),
@@ -77,6 +79,7 @@ fn a_file_pinned_to_ram_is_read_with_the_store_unreachable() {
             "metadata_ttl=1h",
             "fetch_timeout=2s",
             endpoint.as_str(),
+            metrics_addr.as_str(),
         ],
     );
     let model = mount.path("ckpt/model.bin");
@@ -98,10 +101,32 @@ fn a_file_pinned_to_ram_is_read_with_the_store_unreachable() {
     // without a single request reaching it.
     proxy.set(Fault::Reset);
     let before = proxy.count();
+    let ram_hits = || {
+        parse_metrics(&scrape(port))
+            .into_iter()
+            .find(|(name, _)| name == "tierfs_tier_hits_total{tier=\"ram\"}")
+            .map(|(_, v)| v)
+            .expect("/metrics has no RAM hits")
+    };
+    let hits_before = ram_hits();
+    // Nor does the NVMe copy serve it: take it away.
+    for e in std::fs::read_dir(cache.path().join("chunks"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_file(e.path()).unwrap();
+    }
     drop_page_cache();
     let got = read(&model);
     assert!(got == data, "the pinned file read back different bytes");
     assert_eq!(proxy.count(), before, "a request reached the store");
+    // Held whole in RAM, the file is read by the kernel from its memfd
+    // (passthrough, as root): no read reaches tierfs.
+    assert_eq!(
+        ram_hits(),
+        hits_before,
+        "reads of the pinned file went through tierfs"
+    );
     proxy.set(Fault::None);
 }
 
