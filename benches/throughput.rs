@@ -61,26 +61,16 @@ fn random_speed(path: &Path, bs: usize, count: usize, size: u64) -> f64 {
 
 /// Peak resident memory of the tierfs daemon serving `mountpoint`, in MiB.
 fn daemon_peak_rss(mountpoint: &Path) -> Option<f64> {
-    let needle = mountpoint.display().to_string();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.ends_with("tierfs")) && args.contains(&needle) {
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let kb: f64 = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            return Some(kb / 1024.0);
-        }
-    }
-    None
+    let pid = daemon_pid(mountpoint)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Drops the page cache, then reads the store's copy of `under` (a key or a

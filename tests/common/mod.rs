@@ -302,12 +302,33 @@ impl Mount {
                 .arg(self.dir.path())
                 .status();
         }
-        // The daemon exits once the kernel lets go; wait for the mount to vanish.
+        // The daemon exits once the kernel lets go; wait for the mount to vanish
+        // and the daemon with it, so that the cache can be mounted again.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while is_mounted(self.dir.path()) && Instant::now() < deadline {
+        while (is_mounted(self.dir.path()) || daemon_pid(self.dir.path()).is_some())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The tierfs daemon serving `mountpoint`.
+pub fn daemon_pid(mountpoint: &Path) -> Option<u32> {
+    let needle = mountpoint.display().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            (args.first().is_some_and(|a| a.ends_with("tierfs")) && args.contains(&needle))
+                .then(|| entry.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
 }
 
 impl Drop for Mount {
