@@ -268,28 +268,26 @@ fn main() {
         "pin: {}",
         String::from_utf8_lossy(&pin.stderr)
     );
-    let (mut ram, mut hot, mut shm) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
-        drop_page_cache();
-        ram.push(read_speed(&m.path("big.bin"), 1 << 20));
-        hot.push(read_speed(&m.path("big.bin"), 1 << 20));
-        shm.push(read_speed(&tmpfs_file, 1 << 20));
-    }
-    let ram_rss = daemon_peak_rss(m.dir.path());
-    m.unmount();
+    let mut shm = Vec::new();
+    // Runs of: page cache dropped, re-read with it kept, tmpfs; and peak RSS.
+    let mut measure = |m: &Mount| {
+        let (mut dropped, mut kept) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            drop_page_cache();
+            dropped.push(read_speed(&m.path("big.bin"), 1 << 20));
+            kept.push(read_speed(&m.path("big.bin"), 1 << 20));
+            shm.push(read_speed(&tmpfs_file, 1 << 20));
+        }
+        let rss = daemon_peak_rss(m.dir.path());
+        m.unmount();
+        (dropped, kept, rss)
+    };
+    let (ram, hot, ram_rss) = measure(&m);
     // Kept by the RAM tier's cache after a read, not pinned: every request goes
     // through tierfs.
     let m = Mount::new(&backend, cache.path(), &[&ram_size, "passthrough=false"]);
     read_speed(&m.path("big.bin"), 1 << 20);
-    let (mut cached, mut cached_hot) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        drop_page_cache();
-        cached.push(read_speed(&m.path("big.bin"), 1 << 20));
-        cached_hot.push(read_speed(&m.path("big.bin"), 1 << 20));
-        shm.push(read_speed(&tmpfs_file, 1 << 20));
-    }
-    let cached_rss = daemon_peak_rss(m.dir.path());
-    m.unmount();
+    let (cached, cached_hot, cached_rss) = measure(&m);
     std::fs::remove_file(&tmpfs_file).ok();
     let tmpfs = median(shm);
     for (case, speeds, rss) in [

@@ -82,47 +82,6 @@ fn uring_read_exact(
     Ok(())
 }
 
-static DIRECT_BROKEN: AtomicBool = AtomicBool::new(false);
-
-/// Writes `data` at `offset` of the file at `path` (open as `file`), the
-/// block-aligned part with O_DIRECT where the buffer allows it: the bytes go to
-/// disk from `data` itself, without a copy into the page cache or the
-/// write-back work after it. The rest, and file systems without O_DIRECT (tmpfs),
-/// take the page cache.
-pub fn write_all_at(
-    path: &std::path::Path,
-    file: &File,
-    data: &[u8],
-    offset: u64,
-) -> io::Result<()> {
-    const BLOCK: usize = 4096;
-    let direct_len = data.len() - data.len() % BLOCK;
-    let mut done = 0;
-    if direct_len > 0
-        && offset.is_multiple_of(BLOCK as u64)
-        && crate::chunk_buffer::is_aligned(&data[..direct_len], BLOCK)
-        && !DIRECT_BROKEN.load(Ordering::Relaxed)
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .and_then(|f| f.write_all_at(&data[..direct_len], offset));
-        match direct {
-            Ok(()) => done = direct_len,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::info!(
-                    "the cache directory takes no O_DIRECT writes ({e}); writing through the page cache"
-                );
-                DIRECT_BROKEN.store(true, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    file.write_all_at(&data[done..], offset + done as u64)
-}
-
 /// Frees the disk blocks of a byte range without changing the file size.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid descriptor.
@@ -171,33 +130,5 @@ mod tests {
         punch_hole(&f, 0, 8192).unwrap();
         read_exact_at(&f, &mut buf[..100], 0).unwrap();
         assert!(buf[..100].iter().all(|b| *b == 0));
-    }
-
-    #[test]
-    fn aligned_chunks_and_unaligned_tails_land_where_asked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cache");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        let data: Vec<u8> = (0..3 * 4096 + 100u32).map(|i| (i % 253) as u8).collect();
-        let mut aligned = crate::chunk_buffer::ChunkBuffer::with_capacity(data.len()).unwrap();
-        aligned.extend_from_slice(&data).unwrap();
-        let aligned = aligned.freeze();
-        write_all_at(&path, &file, &aligned, 8192).unwrap();
-        // Not aligned in memory: all of it through the page cache.
-        write_all_at(&path, &file, &data[1..], 65536).unwrap();
-        let mut back = vec![0u8; data.len()];
-        read_exact_at(&file, &mut back, 8192).unwrap();
-        assert!(back == data, "the aligned write differs");
-        read_exact_at(&file, &mut back[..data.len() - 1], 65536).unwrap();
-        assert!(
-            back[..data.len() - 1] == data[1..],
-            "the unaligned write differs"
-        );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_buffer::ChunkBuffer;
-use crate::chunk_file::{disk_free, punch_hole, read_exact_at, write_all_at};
+use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
 use crate::chunk_recency::{ChunkRecency, FileUse};
 use crate::error::FsResult;
@@ -190,12 +191,7 @@ impl NvmeTier {
         // record points to, never a record that points to missing bytes.
         self.index.delete(key)?;
         let file = self.file(key.file, true)?;
-        write_all_at(
-            &self.path_of(key.file),
-            &file,
-            data,
-            key.index * self.chunk_size,
-        )?;
+        file.write_all_at(data, key.index * self.chunk_size)?;
         let record = ChunkRecord {
             digest: chunk_digest,
             len: data.len() as u32,
@@ -449,7 +445,6 @@ fn remove_unrecorded_files(dir: &Path, recency: &ChunkRecency) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     fn tier(dir: &Path, budget: u64) -> NvmeTier {
         let index = Arc::new(ChunkIndex::open(&dir.join("index")).unwrap());

@@ -400,8 +400,7 @@ impl TieredReader {
                     source: format!("the object is at ETag {got}, not {want}").into(),
                 }));
             }
-            // Straight into an aligned buffer, which the NVMe tier writes with
-            // O_DIRECT: the body is copied once, not twice.
+            // Into a buffer of the chunk's size, faulted in with one call.
             let mut buffer = ChunkBuffer::with_capacity(len as usize)?;
             let mut body = result.into_stream();
             while let Some(piece) = body.next().await {
