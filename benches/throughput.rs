@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use common::*;
 use futures::StreamExt;
-use harness::{MB, Row, drop_page_cache, median};
+use harness::{MB, Row, drop_page_cache, median, paired_ratio};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
@@ -172,10 +172,11 @@ fn main() {
         case: "cold sequential read".into(),
         tierfs: median(cold.clone()),
         baseline_name: "object_store parallel ranged GET (16)".into(),
-        baseline: median(raw),
+        baseline: median(raw.clone()),
         unit: "MB/s",
         goal: ">= 0.9",
         rss_mib: Some(rss),
+        paired_ratio: paired_ratio(&cold, &raw),
     });
 
     for (tool, args) in [("rclone", "rclone"), ("s3fs", "s3fs")] {
@@ -188,6 +189,7 @@ fn main() {
                 unit: "MB/s",
                 goal: ">= 1.3",
                 rss_mib: None,
+                paired_ratio: None,
             });
         } else {
             println!("{tool} is not installed: its row is left out (apt-get install {tool})");
@@ -225,30 +227,33 @@ fn main() {
     m.unmount();
     rows.push(Row {
         case: "NVMe-resident, page cache dropped".into(),
-        tierfs: median(nvme),
+        tierfs: median(nvme.clone()),
         baseline_name: "direct read of the cache file".into(),
-        baseline: median(direct),
+        baseline: median(direct.clone()),
         unit: "MB/s",
         goal: ">= 0.95",
         rss_mib: nvme_rss,
+        paired_ratio: paired_ratio(&nvme, &direct),
     });
     rows.push(Row {
         case: "random 4 KiB reads, NVMe-resident".into(),
-        tierfs: median(rand4k),
+        tierfs: median(rand4k.clone()),
         baseline_name: "same reads of the cache file".into(),
-        baseline: median(local4k),
+        baseline: median(local4k.clone()),
         unit: "MB/s",
         goal: "",
         rss_mib: None,
+        paired_ratio: paired_ratio(&rand4k, &local4k),
     });
     rows.push(Row {
         case: "random 1 MiB reads, NVMe-resident".into(),
-        tierfs: median(rand1m),
+        tierfs: median(rand1m.clone()),
         baseline_name: "same reads of the cache file".into(),
-        baseline: median(local1m),
+        baseline: median(local1m.clone()),
         unit: "MB/s",
         goal: "",
         rss_mib: None,
+        paired_ratio: paired_ratio(&rand1m, &local1m),
     });
 
     let tmpfs_file = PathBuf::from(format!("/dev/shm/tierfs-bench-{}", std::process::id()));
@@ -268,10 +273,9 @@ fn main() {
         "pin: {}",
         String::from_utf8_lossy(&pin.stderr)
     );
-    let mut shm = Vec::new();
     // Runs of: page cache dropped, re-read with it kept, tmpfs; and peak RSS.
-    let mut measure = |m: &Mount| {
-        let (mut dropped, mut kept) = (Vec::new(), Vec::new());
+    let measure = |m: &Mount| {
+        let (mut dropped, mut kept, mut shm) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             drop_page_cache();
             dropped.push(read_speed(&m.path("big.bin"), 1 << 20));
@@ -280,31 +284,41 @@ fn main() {
         }
         let rss = daemon_peak_rss(m.dir.path());
         m.unmount();
-        (dropped, kept, rss)
+        (dropped, kept, shm, rss)
     };
-    let (ram, hot, ram_rss) = measure(&m);
+    let (ram, hot, shm, ram_rss) = measure(&m);
     // Kept by the RAM tier's cache after a read, not pinned: every request goes
     // through tierfs.
     let m = Mount::new(&backend, cache.path(), &[&ram_size, "passthrough=false"]);
     read_speed(&m.path("big.bin"), 1 << 20);
-    let (cached, cached_hot, cached_rss) = measure(&m);
+    let (cached, cached_hot, shm2, cached_rss) = measure(&m);
     std::fs::remove_file(&tmpfs_file).ok();
-    let tmpfs = median(shm);
-    for (case, speeds, rss) in [
-        ("RAM-resident (pinned), page cache dropped", ram, ram_rss),
-        ("re-read, page cache kept (pinned)", hot, None),
+    for (case, speeds, tmpfs, rss) in [
+        (
+            "RAM-resident (pinned), page cache dropped",
+            ram,
+            &shm,
+            ram_rss,
+        ),
+        ("re-read, page cache kept (pinned)", hot, &shm, None),
         (
             "RAM-resident (read cache, not pinned), page cache dropped",
             cached,
+            &shm2,
             cached_rss,
         ),
-        ("re-read, page cache kept (read cache)", cached_hot, None),
+        (
+            "re-read, page cache kept (read cache)",
+            cached_hot,
+            &shm2,
+            None,
+        ),
     ] {
         rows.push(Row {
             case: case.into(),
-            tierfs: median(speeds),
+            tierfs: median(speeds.clone()),
             baseline_name: "tmpfs".into(),
-            baseline: tmpfs,
+            baseline: median(tmpfs.clone()),
             unit: "MB/s",
             goal: if case.starts_with("RAM") {
                 ">= 0.8"
@@ -312,6 +326,7 @@ fn main() {
                 ">= 0.95"
             },
             rss_mib: rss,
+            paired_ratio: paired_ratio(&speeds, tmpfs),
         });
     }
 
@@ -397,6 +412,7 @@ fn small_files(backend: &Backend) -> Row {
         unit: "files/s",
         goal: "",
         rss_mib: daemon_peak_rss(m.dir.path()),
+        paired_ratio: None,
     }
 }
 
@@ -439,21 +455,23 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
     vec![
         Row {
             case: "safetensors safe_open, cold".into(),
-            tierfs: median(cold),
+            tierfs: median(cold.clone()),
             baseline_name: "local disk, warm".into(),
             baseline: median(disk.clone()),
             unit: "MB/s",
             goal: "",
             rss_mib: None,
+            paired_ratio: paired_ratio(&cold, &disk),
         },
         Row {
             case: "safetensors safe_open, warm".into(),
-            tierfs: median(warm),
+            tierfs: median(warm.clone()),
             baseline_name: "local disk, warm".into(),
-            baseline: median(disk),
+            baseline: median(disk.clone()),
             unit: "MB/s",
             goal: ">= 0.9",
             rss_mib: None,
+            paired_ratio: paired_ratio(&warm, &disk),
         },
     ]
 }
@@ -484,6 +502,7 @@ fn parallel_cold_rss(backend: &Backend, client: &dyn ObjectStore, size: u64) -> 
         unit: "MB/s",
         goal: "RSS <= 512",
         rss_mib: rss,
+        paired_ratio: None,
     }
 }
 
@@ -573,8 +592,9 @@ fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) 
              against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case; \
              page cache dropped between cold runs: {dropped}, after which the store's copy of the objects \
              read is read back into it (the store serves from memory, as a remote store's disk is not this \
-             machine's), for tierfs and its baselines alike. Each ratio divides the tierfs figure by the \
-             baseline measured in the same run.\n\n{table}",
+             machine's), for tierfs and its baselines alike. Where tierfs and its baseline ran side by side \
+             in each run, the ratio is the median of the per-run ratios (this host's speed drifts between \
+             runs); for the rclone and s3fs rows it is the ratio of the medians.\n\n{table}",
             harness::machine()
         ),
     );

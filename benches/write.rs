@@ -147,6 +147,7 @@ fn main() {
             unit: "MB/s",
             goal: ">= 0.8",
             rss_mib: None,
+            paired_ratio: None,
         },
         Row {
             case: "upload after close, until verified".into(),
@@ -159,6 +160,7 @@ fn main() {
             unit: "MB/s",
             goal: ">= 0.9",
             rss_mib: None,
+            paired_ratio: None,
         },
     ];
     let table = harness::render_table(&rows);

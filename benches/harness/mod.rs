@@ -6,6 +6,7 @@ use std::process::Command;
 
 pub const MB: f64 = 1e6;
 
+#[derive(Default)]
 pub struct Row {
     pub case: String,
     pub tierfs: f64,
@@ -14,6 +15,16 @@ pub struct Row {
     pub unit: &'static str,
     pub goal: &'static str,
     pub rss_mib: Option<f64>,
+    /// The median of per-run ratios, where tierfs and its baseline ran side by
+    /// side in each run: steadier than the ratio of medians on a host whose
+    /// speed drifts.
+    pub paired_ratio: Option<f64>,
+}
+
+/// The median of `tierfs[i] / baseline[i]`.
+pub fn paired_ratio(tierfs: &[f64], baseline: &[f64]) -> Option<f64> {
+    (tierfs.len() == baseline.len() && !tierfs.is_empty())
+        .then(|| median(tierfs.iter().zip(baseline).map(|(t, b)| t / b).collect()))
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -58,7 +69,7 @@ pub fn render_table(rows: &[Row]) -> String {
     for r in rows {
         let (ratio, baseline) = if r.baseline.is_finite() {
             (
-                format!("{:.2}", r.tierfs / r.baseline),
+                format!("{:.2}", r.paired_ratio.unwrap_or(r.tierfs / r.baseline)),
                 format!("{:.0} {}", r.baseline, r.unit),
             )
         } else {
