@@ -35,6 +35,10 @@ use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
 use tierfs_policy::{ReadaheadState, plan_readahead};
 
+/// The longest an open waits for a version's last NVMe writes, to be served by
+/// passthrough (see [`TieredReader::settle_nvme`]).
+const NVME_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// An open file: the version it reads and how its reader moves through it, or
 /// the staged file it reads and writes.
 struct OpenFile {
@@ -403,6 +407,11 @@ impl EngineCore {
         }
         let version = self.version_of(&node)?;
         self.access.record(&version, crate::nvme_tier::now_secs());
+        if self.options.passthrough {
+            self.reader
+                .settle_nvme(version.id, version.size, NVME_SETTLE)
+                .await;
+        }
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         let open = OpenFile::new(ino, Some(version.clone()), None, false);
         let (fh, backing) = self.add_handle(open, || {

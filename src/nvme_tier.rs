@@ -319,6 +319,14 @@ impl NvmeTier {
         }
     }
 
+    /// Chunks of a version on disk and checked by this process.
+    pub fn verified_count(&self, file: FileId) -> u64 {
+        self.verified
+            .lock()
+            .get(&file)
+            .map_or(0, |set| set.len() as u64)
+    }
+
     /// Keeps a file's chunks from eviction until [`NvmeTier::unhold`].
     pub fn hold(&self, file: FileId) {
         *self.held.lock().entry(file).or_default() += 1;

@@ -84,6 +84,9 @@ pub struct TieredReader {
     fetches: Arc<Semaphore>,
     /// Readers waiting for a chunk that RAM did not have; the mover yields to them.
     demand_waiting: AtomicU64,
+    /// Fetched chunks on their way to NVMe, by version, and a wake-up as each lands.
+    nvme_pending: Mutex<HashMap<FileId, u64>>,
+    nvme_landed: tokio::sync::Notify,
     pub stats: ReadStats,
     pub fetch_latency: Histogram,
 }
@@ -110,6 +113,8 @@ impl TieredReader {
             memory_total: budget.in_flight,
             fetches: Arc::new(Semaphore::new(options.fetch_concurrency as usize)),
             demand_waiting: AtomicU64::new(0),
+            nvme_pending: Mutex::new(HashMap::new()),
+            nvme_landed: tokio::sync::Notify::new(),
             stats: ReadStats::default(),
             fetch_latency: latency_histogram(),
         })
@@ -357,16 +362,52 @@ impl TieredReader {
         }
         let bytes = self.fetch(file, key.index, len).await?;
         self.ram.insert(key, bytes.clone());
-        let nvme = self.nvme.clone();
         let copy = bytes.clone();
+        let this = self.clone();
+        *self.nvme_pending.lock().entry(key.file).or_default() += 1;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = nvme.write(&key, &copy, digest(&copy)) {
+            if let Err(e) = this.nvme.write(&key, &copy, digest(&copy)) {
                 tracing::warn!("could not keep chunk on NVMe: {e}");
             }
+            this.nvme_write_done(key.file);
             // The chunk's memory counts as in flight until it is on disk.
             drop(permit);
         });
         Ok(bytes)
+    }
+
+    fn nvme_write_done(&self, file: FileId) {
+        let mut pending = self.nvme_pending.lock();
+        if let Some(n) = pending.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&file);
+            }
+        }
+        drop(pending);
+        self.nvme_landed.notify_waiters();
+    }
+
+    /// Waits, up to `limit`, for the NVMe writes of a version still in flight,
+    /// when they are all that keeps it from being whole on NVMe: a file opened
+    /// again right after a cold read then gets passthrough instead of missing it
+    /// by the last few writes. Returns at once when nothing is pending or more
+    /// than the pending chunks is missing.
+    pub async fn settle_nvme(&self, file: FileId, size: u64, limit: Duration) {
+        let chunks = ChunkLayout::new(self.chunk_size, size).chunk_count();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let landed = self.nvme_landed.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            let pending = self.nvme_pending.lock().get(&file).copied().unwrap_or(0);
+            if pending == 0 || self.nvme.verified_count(file) + pending < chunks {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+                return;
+            }
+        }
     }
 
     async fn fetch(&self, file: &FileVersion, index: u64, len: u64) -> FsResult<Bytes> {
@@ -428,6 +469,46 @@ impl TieredReader {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn reader(dir: &std::path::Path) -> Arc<TieredReader> {
+        let options = MountOptions {
+            chunk_size: 4096,
+            ..MountOptions::default()
+        };
+        let index = Arc::new(crate::chunk_index::ChunkIndex::open(&dir.join("index")).unwrap());
+        let nvme = NvmeTier::open(dir, index, 4096, 1 << 20, 0, Arc::default()).unwrap();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        TieredReader::new(store, Arc::new(nvme), &options)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_waits_for_the_last_nvme_writes_only_when_they_complete_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = reader(dir.path());
+        let file = FileId(7);
+        let start = tokio::time::Instant::now();
+        let limit = Duration::from_secs(5);
+        // Nothing pending: no wait.
+        reader.settle_nvme(file, 4096, limit).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // One chunk of one is on its way: wait until it lands.
+        *reader.nvme_pending.lock().entry(file).or_default() += 1;
+        let landing = reader.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            landing.nvme_write_done(file);
+        });
+        reader.settle_nvme(file, 4096, limit).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        assert!(reader.nvme_pending.lock().is_empty());
+        // One of three chunks pending, two missing: the file will not be whole.
+        *reader.nvme_pending.lock().entry(file).or_default() += 1;
+        reader.settle_nvme(file, 3 * 4096, limit).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        // A write that never lands is waited for no longer than the limit.
+        reader.settle_nvme(file, 4096, limit).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100) + limit);
+    }
 
     proptest! {
         #[test]
