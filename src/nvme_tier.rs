@@ -293,7 +293,12 @@ impl NvmeTier {
         if count == 0 {
             return Ok(None);
         }
-        if self.verified_count(file) != count as u64 {
+        let all_verified = self
+            .verified
+            .lock()
+            .get(&file)
+            .is_some_and(|set| set.len() == count);
+        if !all_verified {
             return Ok(None);
         }
         let records = self.index.chunks_of(file)?;
