@@ -18,12 +18,13 @@ use crate::uploader::Uploader;
 use crate::write_path::{StagedFile, WriteSide};
 use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileKind, Opened, StatFs};
+use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileIdentity, FileKind, Opened, StatFs};
 
 use crate::access_table::AccessTable;
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
 use crate::error::{FsError, FsResult};
+use crate::inode_io::InodeIoModes;
 use crate::mover::Mover;
 use crate::namespace::{Namespace, Node};
 use crate::nvme_tier::NvmeTier;
@@ -104,9 +105,8 @@ pub struct EngineCore {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     writes: WriteSide,
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
-    /// Open handles per inode that read through tierfs. The kernel refuses a
-    /// passthrough open of an inode that has such handles, so none is offered then.
-    cached_opens: Mutex<HashMap<u64, usize>>,
+    /// Whether each open inode is served through tierfs or from a backing file.
+    io_modes: InodeIoModes,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
@@ -171,7 +171,7 @@ impl EngineCore {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
-            cached_opens: Mutex::new(HashMap::new()),
+            io_modes: InodeIoModes::default(),
             next_fh: AtomicU64::new(1),
             kept: KeptVersions::default(),
             manager,
@@ -414,29 +414,7 @@ impl EngineCore {
         }
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         let open = OpenFile::new(ino, Some(version.clone()), None, false);
-        let (fh, backing) = self.add_handle(open, || {
-            if !self.options.passthrough {
-                return Ok(None);
-            }
-            // A file held whole in RAM is read from its memfd; the NVMe hold
-            // taken with it is what release gives back for any passthrough handle.
-            if let Some(file) = self.reader.ram().backing_file(version.id) {
-                self.reader.nvme().hold(version.id);
-                return Ok(Some(Backing {
-                    version: version.id.0,
-                    file,
-                }));
-            }
-            let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-            Ok(self
-                .reader
-                .nvme()
-                .hold_complete(version.id, layout)?
-                .map(|file| Backing {
-                    version: version.id.0,
-                    file,
-                }))
-        })?;
+        let (fh, backing) = self.add_handle(open, |live| self.version_backing(&version, live))?;
         Ok(Opened {
             fh,
             keep_cache,
@@ -444,24 +422,50 @@ impl EngineCore {
         })
     }
 
+    /// The backing file for a new handle on `version`: the file's memfd when it
+    /// is held whole in RAM, else its NVMe copy when complete, or whichever of
+    /// them is `live` (the one the inode's other handles use).
+    fn version_backing(
+        &self,
+        version: &FileVersion,
+        live: Option<FileIdentity>,
+    ) -> FsResult<Option<Backing>> {
+        if !self.options.passthrough {
+            return Ok(None);
+        }
+        let is_live = |b: &Backing| live.is_none_or(|id| id == b.identity);
+        // The NVMe hold taken with a memfd is what release gives back for any
+        // passthrough handle.
+        if let Some(file) = self.reader.ram().backing_file(version.id) {
+            let backing = Backing::new(file)?;
+            if is_live(&backing) {
+                self.reader.nvme().hold(version.id);
+                return Ok(Some(backing));
+            }
+        }
+        let layout = ChunkLayout::new(self.options.chunk_size, version.size);
+        let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
+            return Ok(None);
+        };
+        let backing = Backing::new(file);
+        match backing {
+            Ok(backing) if is_live(&backing) => Ok(Some(backing)),
+            other => {
+                self.reader.nvme().unhold(version.id);
+                other.map(|_| None).map_err(FsError::from)
+            }
+        }
+    }
+
     /// Registers a handle and decides whether the kernel serves it from a backing
-    /// file. The kernel serves an inode one way at a time, so `offer` is asked
-    /// only while no handle on the inode goes through tierfs; a handle without a
-    /// backing file is counted as one that does.
+    /// file, as [`InodeIoModes::add`] allows; a handle without one is served
+    /// through tierfs.
     fn add_handle(
         &self,
         open: OpenFile,
-        offer: impl FnOnce() -> FsResult<Option<Backing>>,
+        offer: impl FnOnce(Option<FileIdentity>) -> FsResult<Option<Backing>>,
     ) -> FsResult<(u64, Option<Backing>)> {
-        let backing = {
-            let mut cached_opens = self.cached_opens.lock();
-            let cached = cached_opens.entry(open.ino).or_default();
-            let backing = if *cached == 0 { offer()? } else { None };
-            if backing.is_none() {
-                *cached += 1;
-            }
-            backing
-        };
+        let backing = self.io_modes.add(open.ino, offer)?;
         open.passthrough.store(backing.is_some(), Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().insert(fh, Arc::new(open));
@@ -495,9 +499,13 @@ impl EngineCore {
                     }
                 },
                 None => {
-                    let staged = self
-                        .stage_new(node.ino, &node.path, (!truncate).then_some(&node))
-                        .await?;
+                    let staged = match self.stage_from_passthrough_copy(&node)? {
+                        Some(staged) => staged,
+                        None => {
+                            self.stage_new(node.ino, &node.path, (!truncate).then_some(&node))
+                                .await?
+                        }
+                    };
                     self.ns.update(node.ino, |n| n.staged = Some(staged.id));
                     staged
                 }
@@ -522,7 +530,8 @@ impl EngineCore {
     ) -> FsResult<Opened> {
         self.last_opened.lock().remove(&ino);
         let open = OpenFile::new(ino, None, Some(staged.clone()), writer);
-        let (fh, backing) = self.add_handle(open, || Ok(self.staged_backing(&staged, writer)))?;
+        let (fh, backing) =
+            self.add_handle(open, |live| Ok(self.staged_backing(&staged, writer, live)))?;
         Ok(Opened {
             fh,
             keep_cache: false,
@@ -573,7 +582,7 @@ impl EngineCore {
         if let Some(staged) = &open.staged {
             staged.drop_direct_handle();
         }
-        *self.cached_opens.lock().entry(open.ino).or_default() += 1;
+        self.io_modes.passthrough_refused(open.ino);
     }
 
     /// The cache name of the version a node shows: its ETag, or its size and
@@ -680,15 +689,15 @@ impl EngineCore {
         let Some(open) = self.files.lock().remove(&fh) else {
             return;
         };
+        let passthrough = open.passthrough.load(Ordering::Relaxed);
+        self.io_modes.release(open.ino, passthrough);
         if let Some(staged) = &open.staged {
-            if open.passthrough.load(Ordering::Relaxed) {
+            if passthrough {
                 if open.writer {
                     self.end_direct_writes(staged);
                 } else {
                     staged.drop_direct_handle();
                 }
-            } else {
-                self.uncount_cached_open(open.ino);
             }
             self.release_staged(staged, open.writer);
             return;
@@ -702,24 +711,17 @@ impl EngineCore {
         tracing::debug!(
             path = %version.path,
             widest_readahead = open.widest_window.load(Ordering::Relaxed),
-            passthrough = open.passthrough.load(Ordering::Relaxed),
+            passthrough,
             "file closed"
         );
-        if open.passthrough.load(Ordering::Relaxed) {
+        if passthrough {
             self.reader.nvme().unhold(version.id);
-        } else {
-            self.uncount_cached_open(open.ino);
         }
     }
 
-    fn uncount_cached_open(&self, ino: u64) {
-        let mut cached_opens = self.cached_opens.lock();
-        if let Some(n) = cached_opens.get_mut(&ino) {
-            *n -= 1;
-            if *n == 0 {
-                cached_opens.remove(&ino);
-            }
-        }
+    /// The backing file the kernel reads `ino` from, while a handle uses it.
+    pub(crate) fn live_backing(&self, ino: u64) -> Option<FileIdentity> {
+        self.io_modes.live_backing(ino)
     }
 
     pub fn statfs(&self) -> StatFs {

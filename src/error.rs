@@ -52,6 +52,10 @@ pub enum FsError {
     /// ext4 answers for an attribute namespace it lacks).
     #[error("not supported here: {0}")]
     NotSupported(String),
+    /// The kernel reads the file from a backing file that this open cannot
+    /// share (ETXTBSY, as for writing a running program).
+    #[error("file busy: {0}")]
+    Busy(String),
 }
 
 impl FsError {
@@ -77,6 +81,7 @@ impl FsError {
             FsError::Unsupported(_) => libc::EPERM,
             FsError::NotSupported(_) => libc::ENOTSUP,
             FsError::Denied(_) => libc::EACCES,
+            FsError::Busy(_) => libc::ETXTBSY,
         })
     }
 

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod fs_engine;
 pub mod housekeeping;
+pub mod inode_io;
 pub mod metrics;
 pub mod mount;
 pub mod mover;

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tierfs_fuse::FileIdentity;
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_buffer::ChunkBuffer;
@@ -273,15 +274,38 @@ impl NvmeTier {
     /// store or its local copy is demoted. Records first, data second: a crash in
     /// between leaves a file that no record points to, removed at the next start.
     pub fn drop_file(&self, file: FileId) -> FsResult<()> {
+        self.forget_file(file)?;
+        match std::fs::remove_file(self.path_of(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn forget_file(&self, file: FileId) -> FsResult<()> {
         for (key, _) in self.index.chunks_of(file)? {
             self.forget_chunk(&key);
         }
         self.index.forget_version(file)?;
         self.files.lock().remove(&file);
-        match std::fs::remove_file(self.path_of(file)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        Ok(())
+    }
+
+    /// Hands a version's cache file over to become a staging file at `to`, when
+    /// it is the file `expected` names; false otherwise. It is renamed, so open
+    /// descriptors and the kernel's backing file follow it. The version is no
+    /// longer cached here: its bytes are about to change. Records go first, as
+    /// in [`NvmeTier::drop_file`].
+    pub fn surrender(&self, file: FileId, expected: FileIdentity, to: &Path) -> FsResult<bool> {
+        let path = self.path_of(file);
+        let same = File::open(&path)
+            .and_then(|f| FileIdentity::of(&f))
+            .is_ok_and(|identity| identity == expected);
+        if !same {
+            return Ok(false);
         }
+        self.forget_file(file)?;
+        std::fs::rename(&path, to)?;
+        Ok(true)
     }
 
     /// Opens the cache file of a version whose every chunk is on disk and was

@@ -55,6 +55,12 @@ impl StagingArea {
         self.dir.join(format!("{id:016x}.data"))
     }
 
+    /// A number and path for a staging file that is moved in from elsewhere.
+    pub fn reserve(&self) -> (u64, PathBuf) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (id, self.path(id))
+    }
+
     /// A new, empty staging file.
     pub fn create(&self) -> io::Result<(u64, File)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

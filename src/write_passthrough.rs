@@ -14,41 +14,45 @@
 
 use std::sync::Arc;
 
-use tierfs_fuse::Backing;
+use tierfs_fuse::{Backing, FileIdentity};
 
 use crate::engine::EngineCore;
+use crate::error::FsResult;
 use crate::namespace::Node;
 use crate::write_path::{StagedFile, room_left};
 
-/// Names a staging file as a backing version, apart from the cached versions
-/// (whose ids are xxh3-128 digests and so practically never have this form).
-fn backing_version(staged: &StagedFile) -> u128 {
-    (0xffff_u128 << 112) | staged.id as u128
-}
-
 impl EngineCore {
     /// The backing file for a new handle on `staged` whose inode has no handle
-    /// read through tierfs, when passthrough may carry it.
-    pub(crate) fn staged_backing(&self, staged: &Arc<StagedFile>, writer: bool) -> Option<Backing> {
+    /// read through tierfs, when passthrough may carry it: the staging file,
+    /// unless the inode's other handles use another one (`live`). Handles that
+    /// share it already get it regardless of room, since the kernel serves them
+    /// no other way.
+    pub(crate) fn staged_backing(
+        &self,
+        staged: &Arc<StagedFile>,
+        writer: bool,
+        live: Option<FileIdentity>,
+    ) -> Option<Backing> {
         if !self.options().passthrough {
             return None;
         }
-        let shared = staged.has_direct_handles();
-        if !shared && writer && room_left(self) <= self.options().cache_size / 4 {
-            return None;
-        }
-        let file = match staged.file.try_clone() {
-            Ok(file) => file,
+        let backing = match staged.file.try_clone().and_then(Backing::new) {
+            Ok(backing) => backing,
             Err(e) => {
-                tracing::debug!("no passthrough for a write handle: {e}");
+                tracing::debug!("no passthrough for a staged file: {e}");
                 return None;
             }
         };
+        let shared = match live {
+            Some(identity) if identity != backing.identity => return None,
+            Some(_) => true,
+            None => staged.has_direct_handles(),
+        };
+        if !shared && writer && room_left(self) <= self.options().cache_size / 4 {
+            return None;
+        }
         staged.add_direct_handle();
-        Some(Backing {
-            version: backing_version(staged),
-            file,
-        })
+        Some(backing)
     }
 
     /// Takes in what direct writes changed: the size from the file, the dirty
@@ -81,5 +85,31 @@ impl EngineCore {
     pub(crate) fn end_direct_writes(&self, staged: &StagedFile) {
         self.absorb_direct_writes(staged);
         staged.drop_direct_handle();
+    }
+
+    /// Stages a file for writing by taking over the NVMe copy that its open
+    /// readers get from the kernel by passthrough, when they do: the kernel
+    /// would refuse a second backing file for the inode, and this way the
+    /// readers see the writes, as readers of a local file do. None when the
+    /// inode has no such readers.
+    pub(crate) fn stage_from_passthrough_copy(
+        &self,
+        node: &Node,
+    ) -> FsResult<Option<Arc<StagedFile>>> {
+        let Some(live) = self.live_backing(node.ino) else {
+            return Ok(None);
+        };
+        let version = self.version_of(node)?;
+        let (id, path) = self.writes().staging.reserve();
+        if !self.reader().nvme().surrender(version.id, live, &path)? {
+            return Ok(None);
+        }
+        let file = self.writes().staging.open_file(id)?;
+        if file.metadata()?.len() != version.size {
+            file.set_len(version.size)?;
+        }
+        tracing::debug!(path = %node.path, "staged from the copy its readers pass through");
+        let staged = self.register_staged(id, node.ino, &node.path, file)?;
+        Ok(Some(staged))
     }
 }

@@ -211,6 +211,17 @@ impl EngineCore {
                 }
             }
         }
+        self.register_staged(id, ino, key, file)
+    }
+
+    /// Records a new staging file and counts its bytes as not yet in the store.
+    pub(crate) fn register_staged(
+        &self,
+        id: u64,
+        ino: u64,
+        key: &str,
+        file: std::fs::File,
+    ) -> FsResult<Arc<StagedFile>> {
         let record = StagedRecord {
             key: key.to_string(),
             sealed: None,

@@ -453,6 +453,54 @@ fn a_superseded_upload_leaves_nothing_under_the_old_name() {
     );
 }
 
+/// Readers that the kernel serves from the file's cached copy (passthrough)
+/// and a writer that opens it meanwhile share that copy: the writer's open
+/// succeeds, and the open readers see what it wrote, for an append and for a
+/// rewrite from the start, as readers of a local file do.
+#[test]
+fn a_writer_joins_readers_that_pass_through_the_cached_copy() {
+    use std::io::{Read, Seek};
+    let backend = Backend::local();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &[]);
+    let path = mount.path("y.bin");
+    let first = random_bytes(300_000, 31);
+    std::fs::write(&path, &first).unwrap();
+    assert_in_store(&backend, "y.bin", &first);
+    // Once the upload is adopted as the cached copy, opens pass through it.
+    let mut reader = None;
+    let passed = wait_for(UPLOAD_WAIT, || {
+        let before = mount.log().matches("opened with passthrough").count();
+        let f = File::open(&path).unwrap();
+        let after = mount.log().matches("opened with passthrough").count();
+        reader = (after > before).then_some(f);
+        reader.is_some()
+    });
+    assert!(passed, "{}", mount.log());
+    let mut reader = reader.unwrap();
+
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(b"tail").unwrap();
+    drop(appender);
+    let mut want = first.clone();
+    want.extend_from_slice(b"tail");
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert!(seen == want, "the reader saw {} bytes", seen.len());
+    assert_in_store(&backend, "y.bin", &want);
+
+    let rewritten = random_bytes(1000, 32);
+    std::fs::write(&path, &rewritten).unwrap();
+    reader.rewind().unwrap();
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert!(seen == rewritten, "the reader saw {} bytes", seen.len());
+    assert!(std::fs::read(&path).unwrap() == rewritten);
+    assert_in_store(&backend, "y.bin", &rewritten);
+    drop(reader);
+    assert!(std::fs::read(&path).unwrap() == rewritten);
+}
+
 /// A file read while it is being written, and written while it is being read:
 /// every open succeeds and sees what was written. (The kernel serves an inode
 /// either through the daemon or straight from a backing file, never both.)

@@ -21,8 +21,8 @@ use fuser::{
 use tracing::debug_span;
 
 use crate::engine::{
-    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply,
-    StatFs,
+    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, FsEngine, OpenMode,
+    Opened, Reply, StatFs,
 };
 
 /// How the kernel mount is set up.
@@ -103,8 +103,8 @@ struct Passthrough {
 
 impl Passthrough {
     /// The backing id for a handle the engine offered passthrough: shared with
-    /// the inode's other passthrough handles of the same version, registered with
-    /// the kernel otherwise. None when it cannot be had (another version is passed
+    /// the inode's other passthrough handles of the same file, registered with
+    /// the kernel otherwise. None when it cannot be had (another file is passed
     /// through, or the kernel refuses backing files, which turns passthrough off);
     /// the handle then goes through tierfs.
     fn backing_for(
@@ -121,11 +121,12 @@ impl Passthrough {
         let live = table
             .by_inode
             .get(&ino)
-            .and_then(|(version, id)| Some((*version, id.upgrade()?)));
+            .and_then(|(identity, id)| Some((*identity, id.upgrade()?)));
         let id = match live {
-            Some((version, id)) if version == backing.version => id,
-            // Another version is still passed through: the kernel would refuse
-            // a second backing file.
+            Some((identity, id)) if identity == backing.identity => id,
+            // Another file is still passed through: the kernel would refuse a
+            // second backing file. The engine offers the live one, so this is
+            // a close racing this open.
             Some(_) => return None,
             None => match register(&backing.file) {
                 Ok(id) => Arc::new(id),
@@ -140,7 +141,7 @@ impl Passthrough {
         };
         table
             .by_inode
-            .insert(ino, (backing.version, Arc::downgrade(&id)));
+            .insert(ino, (backing.identity, Arc::downgrade(&id)));
         table.by_handle.insert(fh, id.clone());
         Some(id)
     }
@@ -151,7 +152,7 @@ impl Passthrough {
 #[derive(Default)]
 struct BackingTable {
     by_handle: HashMap<u64, Arc<BackingId>>,
-    by_inode: HashMap<u64, (u128, Weak<BackingId>)>,
+    by_inode: HashMap<u64, (FileIdentity, Weak<BackingId>)>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {

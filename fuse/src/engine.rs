@@ -66,13 +66,41 @@ pub struct Opened {
     pub backing: Option<Backing>,
 }
 
-/// A local copy of one version of a file.
+/// A local file holding a file's bytes, for the kernel to read and write directly.
 #[derive(Debug)]
 pub struct Backing {
-    /// Names the version: opens of one inode share a backing file only while
-    /// they read the same version.
-    pub version: u128,
+    /// The kernel takes one backing file per inode, so opens of an inode share
+    /// it only while they name the same file.
+    pub identity: FileIdentity,
     pub file: std::fs::File,
+}
+
+impl Backing {
+    pub fn new(file: std::fs::File) -> std::io::Result<Backing> {
+        Ok(Backing {
+            identity: FileIdentity::of(&file)?,
+            file,
+        })
+    }
+}
+
+/// A local file as the kernel knows it: its device and inode numbers, which
+/// stay with it across renames and hard links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    pub fn of(file: &std::fs::File) -> std::io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -9,6 +9,6 @@ mod engine;
 
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
-    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Reply,
-    StatFs, reply_fn,
+    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, FsEngine, OpenMode,
+    Opened, Reply, StatFs, reply_fn,
 };
