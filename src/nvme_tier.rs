@@ -317,12 +317,7 @@ impl NvmeTier {
         if count == 0 {
             return Ok(None);
         }
-        let all_verified = self
-            .verified
-            .lock()
-            .get(&file)
-            .is_some_and(|set| set.len() == count);
-        if !all_verified {
+        if self.verified_count(file) != count as u64 {
             return Ok(None);
         }
         let records = self.index.chunks_of(file)?;

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::chunk::ChunkLayout;
+
 pub struct RamFile {
     memfd: File,
     map: Option<NonNull<u8>>,
-    size: u64,
-    chunk_size: u64,
+    layout: ChunkLayout,
     filled: Mutex<HashSet<u64>>,
 }
 
@@ -63,28 +64,19 @@ impl RamFile {
         Ok(Arc::new(RamFile {
             memfd,
             map,
-            size,
-            chunk_size,
+            layout: ChunkLayout::new(chunk_size, size),
             filled: Mutex::new(HashSet::new()),
         }))
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn chunk_count(&self) -> u64 {
-        self.size.div_ceil(self.chunk_size.max(1))
     }
 
     /// Copies chunk `index` in and returns a view of it; None when the chunk does
     /// not fit the file (another version's length).
     pub fn put(self: &Arc<Self>, index: u64, bytes: &[u8]) -> Option<Bytes> {
-        let offset = index.checked_mul(self.chunk_size)?;
-        let expected = self.size.checked_sub(offset)?.min(self.chunk_size);
+        let expected = self.layout.chunk_len(index);
         if bytes.len() as u64 != expected || expected == 0 {
             return None;
         }
+        let offset = self.layout.chunk_start(index);
         let map = self.map?;
         // SAFETY: [offset, offset + len) lies inside the mapping (checked above).
         let dst = unsafe { map.as_ptr().add(offset as usize) };
@@ -106,7 +98,7 @@ impl RamFile {
 
     /// Whether every chunk is in.
     pub fn is_complete(&self) -> bool {
-        self.size > 0 && self.filled.lock().len() as u64 == self.chunk_count()
+        self.layout.file_size > 0 && self.filled.lock().len() as u64 == self.layout.chunk_count()
     }
 
     /// The memfd, for the kernel to read the file from; None until complete.
@@ -119,7 +111,7 @@ impl Drop for RamFile {
     fn drop(&mut self) {
         if let Some(map) = self.map {
             // SAFETY: unmaps the mapping made in `create`; no view outlives self.
-            unsafe { libc::munmap(map.as_ptr().cast(), self.size as usize) };
+            unsafe { libc::munmap(map.as_ptr().cast(), self.layout.file_size as usize) };
         }
     }
 }

@@ -7,6 +7,7 @@
 //! directly (FUSE passthrough) once the whole file is in.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use moka::policy::EvictionPolicy;
@@ -14,7 +15,6 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::ram_file::RamFile;
-use std::sync::Arc;
 
 /// Why a file is held in RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
