@@ -18,7 +18,9 @@ use crate::uploader::Uploader;
 use crate::write_path::{StagedFile, WriteSide};
 use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, Backing, DirEntry, Entry, FileIdentity, FileKind, Opened, StatFs};
+use tierfs_fuse::{
+    Attr, Backing, DirEntry, Entry, FileIdentity, FileKind, Opened, Released, StatFs,
+};
 
 use crate::access_table::AccessTable;
 use crate::chunk::ChunkLayout;
@@ -685,12 +687,12 @@ impl EngineCore {
         self.reader.read(file, offset, size as u64).await
     }
 
-    pub fn release(self: &Arc<Self>, fh: u64) {
+    pub fn release(self: &Arc<Self>, fh: u64) -> Released {
         let Some(open) = self.files.lock().remove(&fh) else {
-            return;
+            return Released::default();
         };
         let passthrough = open.passthrough.load(Ordering::Relaxed);
-        self.io_modes.release(open.ino, passthrough);
+        let last_on_inode = self.io_modes.release(open.ino, passthrough);
         if let Some(staged) = &open.staged {
             if passthrough {
                 if open.writer {
@@ -700,10 +702,10 @@ impl EngineCore {
                 }
             }
             self.release_staged(staged, open.writer);
-            return;
+            return Released::default();
         }
         let Some(version) = &open.version else {
-            return;
+            return Released::default();
         };
         if !self.version_is_open(version.id) {
             self.version_closed(version.id);
@@ -716,6 +718,15 @@ impl EngineCore {
         );
         if passthrough {
             self.reader.nvme().unhold(version.id);
+            return Released::default();
+        }
+        // The last handle read through tierfs: once the file is whole on NVMe
+        // or in RAM the next open passes through, and the kernel drops the page
+        // cache that reads through tierfs filled, now rather than in that open.
+        Released {
+            drop_page_cache: last_on_inode
+                && self.options.passthrough
+                && self.reader.whole_locally_soon(version.id, version.size),
         }
     }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tierfs_fuse::{AttrChange, DirEntry, Entry, Errno, FsEngine, OpenMode, Opened, Reply, StatFs};
+use tierfs_fuse::{
+    AttrChange, DirEntry, Entry, Errno, FsEngine, OpenMode, Opened, Released, Reply, StatFs,
+};
 use tracing::Instrument;
 
 use crate::engine::EngineCore;
@@ -215,10 +217,9 @@ impl FsEngine for Engine {
         });
     }
 
-    fn release(&self, _ino: u64, fh: u64, reply: Reply<()>) {
+    fn release(&self, _ino: u64, fh: u64, reply: Reply<Released>) {
         let _runtime = self.runtime.enter();
-        self.core.release(fh);
-        answer(reply, Ok(()));
+        answer(reply, Ok(self.core.release(fh)));
     }
 
     fn passthrough_refused(&self, fh: u64) {

@@ -88,11 +88,11 @@ impl InodeIoModes {
         handles.cached += 1;
     }
 
-    /// A handle is released.
-    pub fn release(&self, ino: u64, passthrough: bool) {
+    /// A handle is released; true when it was the inode's last.
+    pub fn release(&self, ino: u64, passthrough: bool) -> bool {
         let mut inodes = self.inodes.lock();
         let Some(handles) = inodes.get_mut(&ino) else {
-            return;
+            return true;
         };
         if passthrough {
             drop_backing_handle(handles);
@@ -100,6 +100,7 @@ impl InodeIoModes {
             handles.cached = handles.cached.saturating_sub(1);
         }
         drop_if_unused(&mut inodes, ino);
+        !inodes.contains_key(&ino)
     }
 }
 

@@ -94,6 +94,14 @@ impl RamTier {
         }
     }
 
+    /// Whether all of a held file is in its memfd.
+    pub fn holds_whole(&self, file: FileId) -> bool {
+        self.ram_files
+            .lock()
+            .get(&file)
+            .is_some_and(|f| f.is_complete())
+    }
+
     /// The tier's size: the cache and the held set together.
     pub fn capacity(&self) -> u64 {
         self.capacity

@@ -388,6 +388,15 @@ impl TieredReader {
         self.nvme_landed.notify_waiters();
     }
 
+    /// Whether a version is, or is about to be once the NVMe writes in flight
+    /// land, whole on NVMe or held whole in RAM.
+    pub fn whole_locally_soon(&self, file: FileId, size: u64) -> bool {
+        let chunks = ChunkLayout::new(self.chunk_size, size).chunk_count();
+        let pending = self.nvme_pending.lock().get(&file).copied().unwrap_or(0);
+        chunks > 0 && self.nvme.verified_count(file) + pending >= chunks
+            || self.ram.holds_whole(file)
+    }
+
     /// Waits, up to `limit`, for the NVMe writes of a version still in flight,
     /// when they are all that keeps it from being whole on NVMe: a file opened
     /// again right after a cold read then gets passthrough instead of missing it

@@ -382,6 +382,31 @@ fn files_wholly_on_nvme_are_read_with_passthrough() {
     assert_eq!(off.log().matches("opened with passthrough").count(), before);
 }
 
+/// When the last handle that read a file through tierfs closes and the file is
+/// whole on NVMe, the kernel's page cache of it is dropped at once: the next
+/// open passes through, and the kernel would drop it then, with the opener
+/// waiting. Without passthrough that page cache serves rereads, so it stays.
+#[test]
+fn the_page_cache_of_a_file_whole_on_nvme_is_dropped_after_its_last_cached_close() {
+    let backend = Backend::local();
+    let data = random_bytes(3 * CHUNK + 100, 23);
+    backend.put("p/d.bin", &data);
+    for passthrough in [true, false] {
+        let cache = tempfile::tempdir().unwrap();
+        let option = format!("passthrough={passthrough}");
+        let m = Mount::new(&backend, cache.path(), &["chunk_size=1M", &option]);
+        assert!(std::fs::read(m.path("p/d.bin")).unwrap() == data);
+        if passthrough {
+            wait_until(|| m.log().contains("page cache dropped"));
+        } else {
+            wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
+            assert!(std::fs::read(m.path("p/d.bin")).unwrap() == data);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert!(!m.log().contains("page cache dropped"), "{}", m.log());
+        }
+    }
+}
+
 #[test]
 fn a_file_held_open_through_tierfs_is_not_switched_to_passthrough() {
     let backend = Backend::local();

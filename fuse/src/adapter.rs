@@ -8,21 +8,21 @@ use std::time::SystemTime;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL,
-    TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 use tracing::debug_span;
 
 use crate::engine::{
     Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, FsEngine, OpenMode,
-    Opened, Reply, StatFs,
+    Opened, Released, Reply, StatFs,
 };
 
 /// How the kernel mount is set up.
@@ -84,7 +84,9 @@ pub fn mount<E: FsEngine + Clone>(
         max_background: config.max_background,
         passthrough: Arc::new(Passthrough::default()),
     };
+    let passthrough = adapter.passthrough.clone();
     let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
+    let _ = passthrough.notifier.set(session.notifier());
     Ok(MountedSession { session })
 }
 
@@ -99,9 +101,29 @@ struct FuseAdapter<E> {
 struct Passthrough {
     enabled: AtomicBool,
     table: Mutex<BackingTable>,
+    /// Sends the kernel notices about cached data; set once the session exists.
+    notifier: OnceLock<Notifier>,
 }
 
 impl Passthrough {
+    /// Drops an inode's page cache on a thread of its own (the kernel does the
+    /// work inside the notice's write), when its next open will pass through.
+    fn drop_page_cache(&self, ino: INodeNo) {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(notifier) = self.notifier.get().cloned() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            // The inode may be gone already (ENOENT): nothing is cached then.
+            match notifier.inval_inode(ino, 0, 0) {
+                Ok(()) => tracing::debug!(ino = ino.0, "page cache dropped"),
+                Err(e) => tracing::debug!(ino = ino.0, "page cache not dropped: {e}"),
+            }
+        });
+    }
+
     /// The backing id for a handle the engine offered passthrough: shared with
     /// the inode's other passthrough handles of the same file, registered with
     /// the kernel otherwise. None when it cannot be had (another file is passed
@@ -501,10 +523,16 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
             .unwrap()
             .by_handle
             .remove(&fh.0);
+        let passthrough = self.passthrough.clone();
         self.engine.release(
             ino.0,
             fh.0,
-            answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
+            answer(reply, move |reply: ReplyEmpty, released: Released| {
+                reply.ok();
+                if released.drop_page_cache {
+                    passthrough.drop_page_cache(ino);
+                }
+            }),
         );
     }
 

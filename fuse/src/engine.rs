@@ -66,6 +66,15 @@ pub struct Opened {
     pub backing: Option<Backing>,
 }
 
+/// What the kernel may do once a handle is released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// The inode's page cache will not be read again: its next open gets a
+    /// backing file, and the kernel drops the page cache at that open. Dropping
+    /// it now, in the background, spares that open the wait.
+    pub drop_page_cache: bool,
+}
+
 /// A local file holding a file's bytes, for the kernel to read and write directly.
 #[derive(Debug)]
 pub struct Backing {
@@ -163,7 +172,7 @@ pub trait FsEngine: Send + Sync + 'static {
     /// device nodes), logged once per kind.
     fn unsupported(&self, what: &'static str) -> Errno;
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>);
-    fn release(&self, ino: u64, fh: u64, reply: Reply<()>);
+    fn release(&self, ino: u64, fh: u64, reply: Reply<Released>);
     /// The kernel refused passthrough for a handle that offered a backing file;
     /// it is read through `read` instead.
     fn passthrough_refused(&self, fh: u64);

@@ -10,5 +10,5 @@ mod engine;
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
     Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, FsEngine, OpenMode,
-    Opened, Reply, StatFs, reply_fn,
+    Opened, Released, Reply, StatFs, reply_fn,
 };
