@@ -442,6 +442,7 @@ impl EngineCore {
             let backing = Backing::new(file)?;
             if is_live(&backing) {
                 self.reader.nvme().hold(version.id);
+                tracing::debug!(path = %version.path, "offering the RAM copy as backing file");
                 return Ok(Some(backing));
             }
         }
@@ -451,7 +452,10 @@ impl EngineCore {
         };
         let backing = Backing::new(file);
         match backing {
-            Ok(backing) if is_live(&backing) => Ok(Some(backing)),
+            Ok(backing) if is_live(&backing) => {
+                tracing::debug!(path = %version.path, "offering the NVMe copy as backing file");
+                Ok(Some(backing))
+            }
             other => {
                 self.reader.nvme().unhold(version.id);
                 other.map(|_| None).map_err(FsError::from)

@@ -63,11 +63,7 @@ impl InodeIoModes {
                 handles.cached += 1;
                 Ok(None)
             }
-            (_, Some(_)) => Err(FsError::Busy(
-                "the kernel reads this file from a local copy that open handles still use; \
-                 it can be opened again once they are closed"
-                    .into(),
-            )),
+            (_, Some(_)) => Err(backing_in_use(ino)),
         }
     }
 
@@ -102,6 +98,17 @@ impl InodeIoModes {
         drop_if_unused(&mut inodes, ino);
         !inodes.contains_key(&ino)
     }
+}
+
+/// The error for an open that cannot share the backing file in use, logged.
+pub fn backing_in_use(ino: u64) -> FsError {
+    let e = FsError::Busy(
+        "the kernel reads this file from a local copy that open handles still use; \
+         it can be opened this way once they are closed"
+            .into(),
+    );
+    tracing::info!(ino, "open refused: {e}");
+    e
 }
 
 fn drop_backing_handle(handles: &mut InodeHandles) {

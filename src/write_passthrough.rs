@@ -18,6 +18,7 @@ use tierfs_fuse::{Backing, FileIdentity};
 
 use crate::engine::EngineCore;
 use crate::error::FsResult;
+use crate::inode_io::backing_in_use;
 use crate::namespace::Node;
 use crate::write_path::{StagedFile, room_left};
 
@@ -91,7 +92,8 @@ impl EngineCore {
     /// readers get from the kernel by passthrough, when they do: the kernel
     /// would refuse a second backing file for the inode, and this way the
     /// readers see the writes, as readers of a local file do. None when the
-    /// inode has no such readers.
+    /// inode has no such readers; `FsError::Busy` when they read another
+    /// copy (the RAM one), which a writer cannot share.
     pub(crate) fn stage_from_passthrough_copy(
         &self,
         node: &Node,
@@ -102,7 +104,7 @@ impl EngineCore {
         let version = self.version_of(node)?;
         let (id, path) = self.writes().staging.reserve();
         if !self.reader().nvme().surrender(version.id, live, &path)? {
-            return Ok(None);
+            return Err(backing_in_use(node.ino));
         }
         let file = self.writes().staging.open_file(id)?;
         if file.metadata()?.len() != version.size {

@@ -192,7 +192,12 @@ fn foreground_mount_stays_attached_and_unmounts_on_sigterm() {
     assert_eq!(std::fs::read(d.mnt.path().join("a.bin")).unwrap(), b"hello");
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!is_mounted(d.mnt.path()));
 }

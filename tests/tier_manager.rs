@@ -130,6 +130,64 @@ fn a_file_pinned_to_ram_is_read_with_the_store_unreachable() {
     proxy.set(Fault::None);
 }
 
+/// Opens of a file whose handles the kernel serves from its NVMe copy keep
+/// sharing that copy after the file is pinned to RAM (the kernel takes one
+/// backing file per inode), instead of failing. Once those handles are closed,
+/// opens get the RAM copy; a writer cannot join readers of it, and its open
+/// fails with ETXTBSY without changing the file.
+#[test]
+fn opens_of_a_file_pinned_while_open_share_the_backing_file_in_use() {
+    let backend = Backend::local();
+    let data = random_bytes(3 << 20, 9);
+    backend.put("p.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let path = mount.path("p.bin");
+    let offered = |from: &str| {
+        mount
+            .log()
+            .matches(&format!("offering the {from} copy"))
+            .count()
+    };
+    // Read until an open gets the NVMe copy, and kept open.
+    let mut first = None;
+    assert!(wait_for(WAIT, || {
+        assert!(read(&path) == data);
+        let before = offered("NVMe");
+        let f = std::fs::File::open(&path).unwrap();
+        first = (offered("NVMe") > before).then_some(f);
+        first.is_some()
+    }));
+    run(
+        "setfattr",
+        &["-n", "user.tierfs.pin", "-v", "ram", path.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(
+        wait_for(WAIT, || tier(&path).ends_with("pin ram 100%")),
+        "{}",
+        tier(&path)
+    );
+    let before = offered("NVMe");
+    assert!(read(&path) == data);
+    assert!(offered("NVMe") > before, "{}", mount.log());
+    drop(first);
+
+    // The kernel sends release after close returns: opens get the RAM copy soon.
+    let mut reader = None;
+    assert!(wait_for(WAIT, || {
+        let before = offered("RAM");
+        let f = std::fs::File::open(&path).unwrap();
+        reader = (offered("RAM") > before).then_some(f);
+        reader.is_some()
+    }));
+    let appended = std::fs::OpenOptions::new().append(true).open(&path);
+    let errno = appended.as_ref().err().and_then(|e| e.raw_os_error());
+    assert_eq!(errno, Some(libc::ETXTBSY), "{appended:?}");
+    assert!(read(&path) == data);
+    drop(reader);
+}
+
 #[test]
 fn directory_pins_cover_new_files_and_pins_past_the_budget_fail() {
     let backend = Backend::s3();
