@@ -150,14 +150,13 @@ fn opens_of_a_file_pinned_while_open_share_the_backing_file_in_use() {
             .count()
     };
     // Read until an open gets the NVMe copy, and kept open.
-    let mut first = None;
-    assert!(wait_for(WAIT, || {
-        assert!(read(&path) == data);
-        let before = offered("NVMe");
-        let f = std::fs::File::open(&path).unwrap();
-        first = (offered("NVMe") > before).then_some(f);
-        first.is_some()
-    }));
+    let first = open_when_counted(
+        &path,
+        WAIT,
+        || assert!(read(&path) == data),
+        || offered("NVMe"),
+    );
+    assert!(first.is_some(), "{}", mount.log());
     run(
         "setfattr",
         &["-n", "user.tierfs.pin", "-v", "ram", path.to_str().unwrap()],
@@ -174,13 +173,8 @@ fn opens_of_a_file_pinned_while_open_share_the_backing_file_in_use() {
     drop(first);
 
     // The kernel sends release after close returns: opens get the RAM copy soon.
-    let mut reader = None;
-    assert!(wait_for(WAIT, || {
-        let before = offered("RAM");
-        let f = std::fs::File::open(&path).unwrap();
-        reader = (offered("RAM") > before).then_some(f);
-        reader.is_some()
-    }));
+    let reader = open_when_counted(&path, WAIT, || (), || offered("RAM"));
+    assert!(reader.is_some(), "{}", mount.log());
     let appended = std::fs::OpenOptions::new().append(true).open(&path);
     let errno = appended.as_ref().err().and_then(|e| e.raw_os_error());
     assert_eq!(errno, Some(libc::ETXTBSY), "{appended:?}");

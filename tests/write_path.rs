@@ -468,16 +468,9 @@ fn a_writer_joins_readers_that_pass_through_the_cached_copy() {
     std::fs::write(&path, &first).unwrap();
     assert_in_store(&backend, "y.bin", &first);
     // Once the upload is adopted as the cached copy, opens pass through it.
-    let mut reader = None;
-    let passed = wait_for(UPLOAD_WAIT, || {
-        let before = mount.log().matches("opened with passthrough").count();
-        let f = File::open(&path).unwrap();
-        let after = mount.log().matches("opened with passthrough").count();
-        reader = (after > before).then_some(f);
-        reader.is_some()
-    });
-    assert!(passed, "{}", mount.log());
-    let mut reader = reader.unwrap();
+    let passed = || mount.log().matches("opened with passthrough").count();
+    let mut reader = open_when_counted(&path, UPLOAD_WAIT, || (), passed)
+        .unwrap_or_else(|| panic!("no open passed through\n{}", mount.log()));
 
     let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
     appender.write_all(b"tail").unwrap();

@@ -478,3 +478,23 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Opens `path` again and again (after `prepare` each time) until an open
+/// raises `count` (of lines in the mount's log, say), and returns that handle
+/// still open; None if none did within `timeout`.
+pub fn open_when_counted(
+    path: &Path,
+    timeout: Duration,
+    mut prepare: impl FnMut(),
+    count: impl Fn() -> usize,
+) -> Option<std::fs::File> {
+    let mut opened = None;
+    wait_for(timeout, || {
+        prepare();
+        let before = count();
+        let f = std::fs::File::open(path).unwrap();
+        opened = (count() > before).then_some(f);
+        opened.is_some()
+    });
+    opened
+}
