@@ -252,6 +252,9 @@ fn serve_inner(
         max_background: (p.options.fetch_concurrency.saturating_mul(4)).clamp(16, 1024) as u16,
     };
     raise_max_pages();
+    // Handlers are in place before the mount is, so that a signal sent as soon as
+    // the mount appears unmounts it instead of killing the daemon.
+    let signals = listen_for_signals();
     let session = tierfs_fuse::mount(engine, &config).map_err(|e| {
         format!(
             "cannot mount at {}: {}",
@@ -264,7 +267,7 @@ fn serve_inner(
     report(READY);
     let mountpoint = p.mountpoint.clone();
     runtime.spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(signals).await;
         tracing::info!("signal received, unmounting");
         unmount(&mountpoint);
     });
@@ -341,12 +344,25 @@ fn fsname(p: &Prepared) -> String {
     }
 }
 
-async fn wait_for_signal() {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// Takes SIGTERM and SIGINT over from their default (exit); inside the runtime.
+fn listen_for_signals() -> Signals {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot handle SIGTERM and SIGINT ({e}); unmount with fusermount3 -u");
+            None
+        }
+    }
+}
+
+async fn wait_for_signal(signals: Signals) {
+    let Some((mut term, mut int)) = signals else {
         return std::future::pending().await;
     };
     tokio::select! {
