@@ -505,11 +505,20 @@ impl EngineCore {
                     }
                 },
                 None => {
-                    let staged = match self.stage_from_passthrough_copy(&node)? {
-                        Some(staged) => staged,
-                        None => {
+                    let staged = match self.stage_from_passthrough_copy(&node) {
+                        Ok(Some(staged)) => staged,
+                        Ok(None) => {
                             self.stage_new(node.ino, &node.path, (!truncate).then_some(&node))
                                 .await?
+                        }
+                        Err(e) => {
+                            // Another writer took the copy over just now: join it.
+                            let now = self.node(node.ino)?;
+                            if now.staged.is_none() {
+                                return Err(e);
+                            }
+                            node = now;
+                            continue;
                         }
                     };
                     self.ns.update(node.ino, |n| n.staged = Some(staged.id));
