@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -15,15 +15,12 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use crate::staging::StagingArea;
 use crate::store::StoreClient;
 use crate::uploader::Uploader;
-use crate::write_path::{StagedFile, WriteSide};
+use crate::write_path::WriteSide;
 use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{
-    Attr, Backing, DirEntry, Entry, FileIdentity, FileKind, Opened, Released, StatFs,
-};
+use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, StatFs};
 
 use crate::access_table::AccessTable;
-use crate::chunk::ChunkLayout;
 use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
 use crate::error::{FsError, FsResult};
 use crate::inode_io::InodeIoModes;
@@ -36,46 +33,15 @@ use crate::placement::{Placement, TierManager};
 use crate::tiered_reader::{FileVersion, TieredReader};
 use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
-use tierfs_policy::{ReadaheadState, plan_readahead};
+use tierfs_policy::plan_readahead;
+
+mod handles;
+
+use handles::OpenFile;
 
 /// The longest an open waits for a version's last NVMe writes, to be served by
 /// passthrough (see [`TieredReader::settle_nvme`]).
 const NVME_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// An open file: the version it reads and how its reader moves through it, or
-/// the staged file it reads and writes.
-struct OpenFile {
-    ino: u64,
-    version: Option<Arc<FileVersion>>,
-    staged: Option<Arc<StagedFile>>,
-    /// Opened for writing: counts as a writer of the staged file.
-    writer: bool,
-    readahead: Mutex<ReadaheadState>,
-    /// The widest readahead window this handle reached, in chunks.
-    widest_window: AtomicU64,
-    /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
-    /// copy, held against eviction, or the staging file.
-    passthrough: AtomicBool,
-}
-
-impl OpenFile {
-    fn new(
-        ino: u64,
-        version: Option<Arc<FileVersion>>,
-        staged: Option<Arc<StagedFile>>,
-        writer: bool,
-    ) -> OpenFile {
-        OpenFile {
-            ino,
-            version,
-            staged,
-            writer,
-            readahead: Mutex::new(ReadaheadState::default()),
-            widest_window: AtomicU64::new(0),
-            passthrough: AtomicBool::new(false),
-        }
-    }
-}
 
 /// Counters of the engine itself.
 #[derive(Debug, Default)]
@@ -424,60 +390,6 @@ impl EngineCore {
         })
     }
 
-    /// The backing file for a new handle on `version`: the file's memfd when it
-    /// is held whole in RAM, else its NVMe copy when complete, or whichever of
-    /// them is `live` (the one the inode's other handles use).
-    fn version_backing(
-        &self,
-        version: &FileVersion,
-        live: Option<FileIdentity>,
-    ) -> FsResult<Option<Backing>> {
-        if !self.options.passthrough {
-            return Ok(None);
-        }
-        let is_live = |b: &Backing| live.is_none_or(|id| id == b.identity);
-        // The NVMe hold taken with a memfd is what release gives back for any
-        // passthrough handle.
-        if let Some(file) = self.reader.ram().backing_file(version.id) {
-            let backing = Backing::new(file)?;
-            if is_live(&backing) {
-                self.reader.nvme().hold(version.id);
-                tracing::debug!(path = %version.path, "offering the RAM copy as backing file");
-                return Ok(Some(backing));
-            }
-        }
-        let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-        let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
-            return Ok(None);
-        };
-        let backing = Backing::new(file);
-        match backing {
-            Ok(backing) if is_live(&backing) => {
-                tracing::debug!(path = %version.path, "offering the NVMe copy as backing file");
-                Ok(Some(backing))
-            }
-            other => {
-                self.reader.nvme().unhold(version.id);
-                other.map(|_| None).map_err(FsError::from)
-            }
-        }
-    }
-
-    /// Registers a handle and decides whether the kernel serves it from a backing
-    /// file, as [`InodeIoModes::add`] allows; a handle without one is served
-    /// through tierfs.
-    fn add_handle(
-        &self,
-        open: OpenFile,
-        offer: impl FnOnce(Option<FileIdentity>) -> FsResult<Option<Backing>>,
-    ) -> FsResult<(u64, Option<Backing>)> {
-        let backing = self.io_modes.add(open.ino, offer)?;
-        open.passthrough.store(backing.is_some(), Ordering::Relaxed);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, Arc::new(open));
-        Ok((fh, backing))
-    }
-
     /// Opens a file through its staging file, staging it first for a write.
     /// None for a read when the file stopped being staged meanwhile (its upload
     /// was adopted and the staging file removed): the caller opens the object.
@@ -537,40 +449,6 @@ impl EngineCore {
         self.add_staged_handle(node.ino, staged, write).map(Some)
     }
 
-    pub(crate) fn add_staged_handle(
-        &self,
-        ino: u64,
-        staged: Arc<StagedFile>,
-        writer: bool,
-    ) -> FsResult<Opened> {
-        self.last_opened.lock().remove(&ino);
-        let open = OpenFile::new(ino, None, Some(staged.clone()), writer);
-        let (fh, backing) =
-            self.add_handle(open, |live| Ok(self.staged_backing(&staged, writer, live)))?;
-        Ok(Opened {
-            fh,
-            keep_cache: false,
-            backing,
-        })
-    }
-
-    fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))
-    }
-
-    /// The staged file a handle writes, for the write path.
-    pub(crate) fn writable_handle(&self, fh: u64) -> FsResult<Arc<StagedFile>> {
-        let open = self.handle(fh)?;
-        match (&open.staged, open.writer) {
-            (Some(staged), true) => Ok(staged.clone()),
-            _ => Err(FsError::BadHandle(fh)),
-        }
-    }
-
     /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
         let open = self.handle(fh)?;
@@ -583,21 +461,6 @@ impl EngineCore {
             }
             None => Ok(()),
         }
-    }
-
-    /// A handle offered passthrough reads through tierfs after all.
-    pub fn end_passthrough(&self, fh: u64) {
-        let open = self.files.lock().get(&fh).cloned();
-        let Some(open) = open.filter(|o| o.passthrough.swap(false, Ordering::Relaxed)) else {
-            return;
-        };
-        if let Some(version) = &open.version {
-            self.reader.nvme().unhold(version.id);
-        }
-        if let Some(staged) = &open.staged {
-            staged.drop_direct_handle();
-        }
-        self.io_modes.passthrough_refused(open.ino);
     }
 
     /// The cache name of the version a node shows: its ETag, or its size and
@@ -700,54 +563,6 @@ impl EngineCore {
         self.reader.read(file, offset, size as u64).await
     }
 
-    pub fn release(self: &Arc<Self>, fh: u64) -> Released {
-        let Some(open) = self.files.lock().remove(&fh) else {
-            return Released::default();
-        };
-        let passthrough = open.passthrough.load(Ordering::Relaxed);
-        let last_on_inode = self.io_modes.release(open.ino, passthrough);
-        if let Some(staged) = &open.staged {
-            if passthrough {
-                if open.writer {
-                    self.end_direct_writes(staged);
-                } else {
-                    staged.drop_direct_handle();
-                }
-            }
-            self.release_staged(staged, open.writer);
-            return Released::default();
-        }
-        let Some(version) = &open.version else {
-            return Released::default();
-        };
-        if !self.version_is_open(version.id) {
-            self.version_closed(version.id);
-        }
-        tracing::debug!(
-            path = %version.path,
-            widest_readahead = open.widest_window.load(Ordering::Relaxed),
-            passthrough,
-            "file closed"
-        );
-        if passthrough {
-            self.reader.nvme().unhold(version.id);
-            return Released::default();
-        }
-        // The last handle read through tierfs: once the file is whole on NVMe
-        // or in RAM the next open passes through, and the kernel drops the page
-        // cache that reads through tierfs filled, now rather than in that open.
-        Released {
-            drop_page_cache: last_on_inode
-                && self.options.passthrough
-                && self.reader.whole_locally_soon(version.id, version.size),
-        }
-    }
-
-    /// The backing file the kernel reads `ino` from, while a handle uses it.
-    pub(crate) fn live_backing(&self, ino: u64) -> Option<FileIdentity> {
-        self.io_modes.live_backing(ino)
-    }
-
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
         let nvme = self.reader.nvme();
@@ -763,14 +578,6 @@ impl EngineCore {
             bsize: bsize as u32,
             namelen: 255,
         }
-    }
-
-    /// The file version an open handle reads, for tests and tools.
-    pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .and_then(|open| open.version.clone())
     }
 
     pub fn cache_file(&self, id: FileId) -> PathBuf {

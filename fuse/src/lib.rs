@@ -6,6 +6,7 @@
 
 mod adapter;
 mod engine;
+mod passthrough;
 
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{

@@ -1,0 +1,211 @@
+//! Open handles: the files behind them, whether the kernel serves each from a
+//! backing file, and what closing one leaves to do.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tierfs_fuse::{Backing, FileIdentity, Opened, Released};
+use tierfs_policy::ReadaheadState;
+
+use super::EngineCore;
+use crate::chunk::ChunkLayout;
+use crate::error::{FsError, FsResult};
+use crate::tiered_reader::FileVersion;
+use crate::write_path::StagedFile;
+
+/// An open file: the version it reads and how its reader moves through it, or
+/// the staged file it reads and writes.
+pub(super) struct OpenFile {
+    pub(super) ino: u64,
+    pub(super) version: Option<Arc<FileVersion>>,
+    pub(super) staged: Option<Arc<StagedFile>>,
+    /// Opened for writing: counts as a writer of the staged file.
+    pub(super) writer: bool,
+    pub(super) readahead: Mutex<ReadaheadState>,
+    /// The widest readahead window this handle reached, in chunks.
+    pub(super) widest_window: AtomicU64,
+    /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
+    /// copy, held against eviction, or the staging file.
+    pub(super) passthrough: AtomicBool,
+}
+
+impl OpenFile {
+    pub(super) fn new(
+        ino: u64,
+        version: Option<Arc<FileVersion>>,
+        staged: Option<Arc<StagedFile>>,
+        writer: bool,
+    ) -> OpenFile {
+        OpenFile {
+            ino,
+            version,
+            staged,
+            writer,
+            readahead: Mutex::new(ReadaheadState::default()),
+            widest_window: AtomicU64::new(0),
+            passthrough: AtomicBool::new(false),
+        }
+    }
+}
+
+impl EngineCore {
+    /// The backing file for a new handle on `version`: the file's memfd when it
+    /// is held whole in RAM, else its NVMe copy when complete, or whichever of
+    /// them is `live` (the one the inode's other handles use).
+    pub(super) fn version_backing(
+        &self,
+        version: &FileVersion,
+        live: Option<FileIdentity>,
+    ) -> FsResult<Option<Backing>> {
+        if !self.options.passthrough {
+            return Ok(None);
+        }
+        let is_live = |b: &Backing| live.is_none_or(|id| id == b.identity);
+        // The NVMe hold taken with a memfd is what release gives back for any
+        // passthrough handle.
+        if let Some(file) = self.reader.ram().backing_file(version.id) {
+            let backing = Backing::new(file)?;
+            if is_live(&backing) {
+                self.reader.nvme().hold(version.id);
+                tracing::debug!(path = %version.path, "offering the RAM copy as backing file");
+                return Ok(Some(backing));
+            }
+        }
+        let layout = ChunkLayout::new(self.options.chunk_size, version.size);
+        let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
+            return Ok(None);
+        };
+        let backing = Backing::new(file);
+        match backing {
+            Ok(backing) if is_live(&backing) => {
+                tracing::debug!(path = %version.path, "offering the NVMe copy as backing file");
+                Ok(Some(backing))
+            }
+            other => {
+                self.reader.nvme().unhold(version.id);
+                other.map(|_| None).map_err(FsError::from)
+            }
+        }
+    }
+
+    /// Registers a handle and decides whether the kernel serves it from a backing
+    /// file, as [`InodeIoModes::add`] allows; a handle without one is served
+    /// through tierfs.
+    pub(super) fn add_handle(
+        &self,
+        open: OpenFile,
+        offer: impl FnOnce(Option<FileIdentity>) -> FsResult<Option<Backing>>,
+    ) -> FsResult<(u64, Option<Backing>)> {
+        let backing = self.io_modes.add(open.ino, offer)?;
+        open.passthrough.store(backing.is_some(), Ordering::Relaxed);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().insert(fh, Arc::new(open));
+        Ok((fh, backing))
+    }
+
+    pub(crate) fn add_staged_handle(
+        &self,
+        ino: u64,
+        staged: Arc<StagedFile>,
+        writer: bool,
+    ) -> FsResult<Opened> {
+        self.last_opened.lock().remove(&ino);
+        let open = OpenFile::new(ino, None, Some(staged.clone()), writer);
+        let (fh, backing) =
+            self.add_handle(open, |live| Ok(self.staged_backing(&staged, writer, live)))?;
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+            backing,
+        })
+    }
+
+    pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.files
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    /// The staged file a handle writes, for the write path.
+    pub(crate) fn writable_handle(&self, fh: u64) -> FsResult<Arc<StagedFile>> {
+        let open = self.handle(fh)?;
+        match (&open.staged, open.writer) {
+            (Some(staged), true) => Ok(staged.clone()),
+            _ => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    /// A handle offered passthrough reads through tierfs after all.
+    pub fn end_passthrough(&self, fh: u64) {
+        let open = self.files.lock().get(&fh).cloned();
+        let Some(open) = open.filter(|o| o.passthrough.swap(false, Ordering::Relaxed)) else {
+            return;
+        };
+        if let Some(version) = &open.version {
+            self.reader.nvme().unhold(version.id);
+        }
+        if let Some(staged) = &open.staged {
+            staged.drop_direct_handle();
+        }
+        self.io_modes.passthrough_refused(open.ino);
+    }
+
+    pub fn release(self: &Arc<Self>, fh: u64) -> Released {
+        let Some(open) = self.files.lock().remove(&fh) else {
+            return Released::default();
+        };
+        let passthrough = open.passthrough.load(Ordering::Relaxed);
+        let last_on_inode = self.io_modes.release(open.ino, passthrough);
+        if let Some(staged) = &open.staged {
+            if passthrough {
+                if open.writer {
+                    self.end_direct_writes(staged);
+                } else {
+                    staged.drop_direct_handle();
+                }
+            }
+            self.release_staged(staged, open.writer);
+            return Released::default();
+        }
+        let Some(version) = &open.version else {
+            return Released::default();
+        };
+        if !self.version_is_open(version.id) {
+            self.version_closed(version.id);
+        }
+        tracing::debug!(
+            path = %version.path,
+            widest_readahead = open.widest_window.load(Ordering::Relaxed),
+            passthrough,
+            "file closed"
+        );
+        if passthrough {
+            self.reader.nvme().unhold(version.id);
+            return Released::default();
+        }
+        // The last handle read through tierfs: once the file is whole on NVMe
+        // or in RAM the next open passes through, and the kernel drops the page
+        // cache that reads through tierfs filled, now rather than in that open.
+        Released {
+            drop_page_cache: last_on_inode
+                && self.options.passthrough
+                && self.reader.whole_locally_soon(version.id, version.size),
+        }
+    }
+
+    /// The backing file the kernel reads `ino` from, while a handle uses it.
+    pub(crate) fn live_backing(&self, ino: u64) -> Option<FileIdentity> {
+        self.io_modes.live_backing(ino)
+    }
+
+    /// The file version an open handle reads, for tests and tools.
+    pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
+        self.files
+            .lock()
+            .get(&fh)
+            .and_then(|open| open.version.clone())
+    }
+}
