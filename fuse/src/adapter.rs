@@ -86,7 +86,7 @@ pub fn mount<E: FsEngine + Clone>(
     };
     let passthrough = adapter.passthrough.clone();
     let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
-    let _ = passthrough.notifier.set(session.notifier());
+    passthrough.start_notices(session.notifier())?;
     Ok(MountedSession { session })
 }
 

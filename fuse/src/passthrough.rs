@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak, mpsc};
 
 use fuser::{BackingId, INodeNo, Notifier};
 
@@ -15,27 +15,41 @@ use crate::engine::{Backing, FileIdentity};
 pub(crate) struct Passthrough {
     pub(crate) enabled: AtomicBool,
     pub(crate) table: Mutex<BackingTable>,
-    /// Sends the kernel notices about cached data; set once the session exists.
-    pub(crate) notifier: OnceLock<Notifier>,
+    /// Inodes whose page cache to drop, for the thread that tells the kernel;
+    /// set once the session exists.
+    page_cache_drops: OnceLock<mpsc::Sender<INodeNo>>,
 }
 
 impl Passthrough {
-    /// Drops an inode's page cache on a thread of its own (the kernel does the
-    /// work inside the notice's write), when its next open will pass through.
+    /// Starts the thread that sends the kernel notices to drop page caches: the
+    /// kernel does the work inside the notice's write, which must not hold up a
+    /// reply. It ends with the session, when this is dropped.
+    pub(crate) fn start_notices(&self, notifier: Notifier) -> io::Result<()> {
+        let (sender, inodes) = mpsc::channel::<INodeNo>();
+        std::thread::Builder::new()
+            .name("tierfs-notify".into())
+            .spawn(move || {
+                for ino in inodes {
+                    // The inode may be gone already (ENOENT): nothing is cached then.
+                    match notifier.inval_inode(ino, 0, 0) {
+                        Ok(()) => tracing::debug!(ino = ino.0, "page cache dropped"),
+                        Err(e) => tracing::debug!(ino = ino.0, "page cache not dropped: {e}"),
+                    }
+                }
+            })?;
+        let _ = self.page_cache_drops.set(sender);
+        Ok(())
+    }
+
+    /// Has an inode's page cache dropped in the background, when its next open
+    /// will pass through.
     pub(crate) fn drop_page_cache(&self, ino: INodeNo) {
         if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
-        let Some(notifier) = self.notifier.get().cloned() else {
-            return;
-        };
-        std::thread::spawn(move || {
-            // The inode may be gone already (ENOENT): nothing is cached then.
-            match notifier.inval_inode(ino, 0, 0) {
-                Ok(()) => tracing::debug!(ino = ino.0, "page cache dropped"),
-                Err(e) => tracing::debug!(ino = ino.0, "page cache not dropped: {e}"),
-            }
-        });
+        if let Some(drops) = self.page_cache_drops.get() {
+            let _ = drops.send(ino);
+        }
     }
 
     /// The backing id for a handle the engine offered passthrough: shared with
