@@ -63,12 +63,12 @@ impl StagingArea {
 
     /// A new, empty staging file.
     pub fn create(&self) -> io::Result<(u64, File)> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (id, path) = self.reserve();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(self.path(id))?;
+            .open(path)?;
         Ok((id, file))
     }
 

@@ -388,13 +388,19 @@ impl TieredReader {
         self.nvme_landed.notify_waiters();
     }
 
+    /// A version's NVMe writes in flight, and whether the file is whole on NVMe
+    /// once they land.
+    fn nvme_outlook(&self, file: FileId, size: u64) -> (u64, bool) {
+        let chunks = ChunkLayout::new(self.chunk_size, size).chunk_count();
+        let pending = self.nvme_pending.lock().get(&file).copied().unwrap_or(0);
+        let whole = chunks > 0 && self.nvme.verified_count(file) + pending >= chunks;
+        (pending, whole)
+    }
+
     /// Whether a version is, or is about to be once the NVMe writes in flight
     /// land, whole on NVMe or held whole in RAM.
     pub fn whole_locally_soon(&self, file: FileId, size: u64) -> bool {
-        let chunks = ChunkLayout::new(self.chunk_size, size).chunk_count();
-        let pending = self.nvme_pending.lock().get(&file).copied().unwrap_or(0);
-        chunks > 0 && self.nvme.verified_count(file) + pending >= chunks
-            || self.ram.holds_whole(file)
+        self.nvme_outlook(file, size).1 || self.ram.holds_whole(file)
     }
 
     /// Waits, up to `limit`, for the NVMe writes of a version still in flight,
@@ -403,14 +409,13 @@ impl TieredReader {
     /// by the last few writes. Returns at once when nothing is pending or more
     /// than the pending chunks is missing.
     pub async fn settle_nvme(&self, file: FileId, size: u64, limit: Duration) {
-        let chunks = ChunkLayout::new(self.chunk_size, size).chunk_count();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let landed = self.nvme_landed.notified();
             tokio::pin!(landed);
             landed.as_mut().enable();
-            let pending = self.nvme_pending.lock().get(&file).copied().unwrap_or(0);
-            if pending == 0 || self.nvme.verified_count(file) + pending < chunks {
+            let (pending, whole) = self.nvme_outlook(file, size);
+            if pending == 0 || !whole {
                 return;
             }
             if tokio::time::timeout_at(deadline, landed).await.is_err() {

@@ -103,12 +103,17 @@ pub struct FileIdentity {
 
 impl FileIdentity {
     pub fn of(file: &std::fs::File) -> std::io::Result<FileIdentity> {
+        Ok(FileIdentity::from(&file.metadata()?))
+    }
+}
+
+impl From<&std::fs::Metadata> for FileIdentity {
+    fn from(meta: &std::fs::Metadata) -> FileIdentity {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata()?;
-        Ok(FileIdentity {
+        FileIdentity {
             dev: meta.dev(),
             ino: meta.ino(),
-        })
+        }
     }
 }
 

@@ -76,15 +76,15 @@ impl EngineCore {
         let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
             return Ok(None);
         };
-        let backing = Backing::new(file);
-        match backing {
+        match Backing::new(file) {
             Ok(backing) if is_live(&backing) => {
                 tracing::debug!(path = %version.path, "offering the NVMe copy as backing file");
                 Ok(Some(backing))
             }
             other => {
+                // Not offered after all: give the hold back.
                 self.reader.nvme().unhold(version.id);
-                other.map(|_| None).map_err(FsError::from)
+                Ok(other.map(|_| None)?)
             }
         }
     }
