@@ -444,7 +444,9 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
         );
         out.trim().parse().unwrap()
     };
-    let (mut cold, mut warm, mut disk) = (Vec::new(), Vec::new(), Vec::new());
+    let model_size = std::fs::metadata(&model).unwrap().len();
+    let (mut cold, mut warm, mut settled, mut disk) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // The daemon's peak over the cold and the warm load, the highest of the runs.
     let mut rss = None::<f64>;
     for _ in 0..runs {
@@ -453,6 +455,11 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
         cold_start(backend, "st");
         cold.push(load(&m.path("st/model.safetensors")));
         warm.push(load(&m.path("st/model.safetensors")));
+        // Once the cold load's NVMe copy has landed and been written back, as
+        // the local file's has.
+        wait_for_cache(cache.path(), model_size);
+        std::process::Command::new("sync").status().unwrap();
+        settled.push(load(&m.path("st/model.safetensors")));
         if let Some(peak) = daemon_peak_rss(m.dir.path()) {
             rss = Some(rss.map_or(peak, |r| r.max(peak)));
         }
@@ -471,7 +478,7 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
             paired_ratio: paired_ratio(&cold, &disk),
         },
         Row {
-            case: "safetensors safe_open, warm".into(),
+            case: "safetensors safe_open, warm, right after the cold load".into(),
             tierfs: median(warm.clone()),
             baseline_name: "local disk, warm".into(),
             baseline: median(disk.clone()),
@@ -479,6 +486,16 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
             goal: ">= 0.9",
             rss_mib: rss,
             paired_ratio: paired_ratio(&warm, &disk),
+        },
+        Row {
+            case: "safetensors safe_open, warm, NVMe copy landed".into(),
+            tierfs: median(settled.clone()),
+            baseline_name: "local disk, warm".into(),
+            baseline: median(disk.clone()),
+            unit: "MB/s",
+            goal: ">= 0.9",
+            rss_mib: rss,
+            paired_ratio: paired_ratio(&settled, &disk),
         },
     ]
 }

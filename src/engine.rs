@@ -18,7 +18,7 @@ use crate::uploader::Uploader;
 use crate::write_path::WriteSide;
 use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, StatFs};
+use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, ReadData, StatFs};
 
 use crate::access_table::AccessTable;
 use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
@@ -523,6 +523,11 @@ impl EngineCore {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        Ok(self.kernel_read(fh, offset, size).await?.data)
+    }
+
+    /// A read for the kernel: the bytes, and what it may drop of its page cache.
+    pub async fn kernel_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let open = self.handle(fh)?;
         if let Some(staged) = &open.staged {
             let staged = staged.clone();
@@ -531,13 +536,17 @@ impl EngineCore {
             })
             .await
             .map_err(|e| FsError::Cache(e.to_string()))??;
-            return Ok(Bytes::from(data));
+            return Ok(ReadData {
+                data: Bytes::from(data),
+                drop_behind: None,
+            });
         }
         let Some(file) = &open.version else {
             return Err(FsError::BadHandle(fh));
         };
         let chunk_size = self.options.chunk_size;
         let end = (offset + size as u64).min(file.size);
+        let mut drop_behind = None;
         if self.options.prefetch_max > 0 && end > offset {
             let plan = {
                 let mut state = open.readahead.lock();
@@ -559,8 +568,10 @@ impl EngineCore {
             for index in plan.prefetch {
                 self.reader.prefetch(file, index);
             }
+            drop_behind = self.page_cache_left_behind(&open, file, plan.state);
         }
-        self.reader.read(file, offset, size as u64).await
+        let data = self.reader.read(file, offset, size as u64).await?;
+        Ok(ReadData { data, drop_behind })
     }
 
     pub fn statfs(&self) -> StatFs {

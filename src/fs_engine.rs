@@ -6,10 +6,10 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tierfs_fuse::{
-    AttrChange, DirEntry, Entry, Errno, FsEngine, OpenMode, Opened, Released, Reply, StatFs,
+    AttrChange, DirEntry, Entry, Errno, Flushed, FsEngine, OpenMode, Opened, ReadData, Released,
+    Reply, StatFs,
 };
 use tracing::Instrument;
 
@@ -211,10 +211,14 @@ impl FsEngine for Engine {
         FsError::Unsupported(what.to_string()).errno()
     }
 
-    fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>) {
+    fn read(&self, _ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<ReadData>) {
         self.spawn("read", reply, |core| async move {
-            core.read(fh, offset, size).await
+            core.kernel_read(fh, offset, size).await
         });
+    }
+
+    fn flush(&self, _ino: u64, fh: u64, reply: Reply<Flushed>) {
+        self.spawn("flush", reply, |core| async move { core.flush(fh).await });
     }
 
     fn release(&self, _ino: u64, fh: u64, reply: Reply<Released>) {

@@ -75,6 +75,14 @@ impl InodeIoModes {
             .and_then(|h| h.backing.map(|(identity, _)| identity))
     }
 
+    /// Whether `ino` has exactly one handle, read and written through tierfs.
+    pub fn sole_cached_handle(&self, ino: u64) -> bool {
+        self.inodes
+            .lock()
+            .get(&ino)
+            .is_some_and(|h| h.cached == 1 && h.backing.is_none())
+    }
+
     /// A handle offered a backing file goes through tierfs after all (the
     /// kernel refused the backing file).
     pub fn passthrough_refused(&self, ino: u64) {

@@ -409,16 +409,27 @@ impl TieredReader {
     /// by the last few writes. Returns at once when nothing is pending or more
     /// than the pending chunks is missing.
     pub async fn settle_nvme(&self, file: FileId, size: u64, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let mut waited_for = 0;
         loop {
             let landed = self.nvme_landed.notified();
             tokio::pin!(landed);
             landed.as_mut().enable();
             let (pending, whole) = self.nvme_outlook(file, size);
-            if pending == 0 || !whole {
-                return;
+            let done = pending == 0 || !whole;
+            if !done {
+                waited_for = waited_for.max(pending);
             }
-            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+            if done || tokio::time::timeout_at(deadline, landed).await.is_err() {
+                if waited_for > 0 {
+                    tracing::debug!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        writes = waited_for,
+                        landed = done,
+                        "waited for NVMe writes"
+                    );
+                }
                 return;
             }
         }

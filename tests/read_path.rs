@@ -382,12 +382,13 @@ fn files_wholly_on_nvme_are_read_with_passthrough() {
     assert_eq!(off.log().matches("opened with passthrough").count(), before);
 }
 
-/// When the last handle that read a file through tierfs closes and the file is
-/// whole on NVMe, the kernel's page cache of it is dropped at once: the next
-/// open passes through, and the kernel would drop it then, with the opener
-/// waiting. Without passthrough that page cache serves rereads, so it stays.
+/// When the last handle that read a file through tierfs is closed and the file
+/// is whole on NVMe once the writes in flight land, the close waits for those
+/// writes and for the kernel to drop the page cache that reads through tierfs
+/// filled: the next open passes through, and would otherwise wait for both.
+/// Without passthrough that page cache serves rereads, so it stays.
 #[test]
-fn the_page_cache_of_a_file_whole_on_nvme_is_dropped_after_its_last_cached_close() {
+fn a_close_leaves_the_file_on_nvme_and_its_page_cache_dropped_when_opens_pass_through() {
     let backend = Backend::local();
     let data = random_bytes(3 * CHUNK + 100, 23);
     backend.put("p/d.bin", &data);
@@ -397,7 +398,15 @@ fn the_page_cache_of_a_file_whole_on_nvme_is_dropped_after_its_last_cached_close
         let m = Mount::new(&backend, cache.path(), &["chunk_size=1M", &option]);
         assert!(std::fs::read(m.path("p/d.bin")).unwrap() == data);
         if passthrough {
-            wait_until(|| m.log().contains("page cache dropped"));
+            // Done by the time close returned, before the handle's release.
+            assert!(cached_bytes(cache.path()) >= data.len() as u64);
+            let log = m.log();
+            let dropped = log.find("page cache dropped");
+            let released = log.find("file closed");
+            assert!(
+                dropped.is_some() && (released.is_none() || dropped < released),
+                "{log}"
+            );
         } else {
             wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
             assert!(std::fs::read(m.path("p/d.bin")).unwrap() == data);
@@ -428,4 +437,75 @@ fn a_file_held_open_through_tierfs_is_not_switched_to_passthrough() {
         assert!(std::fs::read(m.path("p/w.bin")).unwrap() == data);
         m.log().contains("opened with passthrough")
     });
+}
+
+/// Which pages of `file`'s first `len` bytes the kernel's page cache holds.
+fn resident_pages(file: &File, len: usize) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    // SAFETY: a fresh read-only shared mapping that nothing reads through; it
+    // only asks mincore(2) which of the file's pages are cached, and is unmapped
+    // before returning.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(map, len, pages.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(map, len);
+        assert_eq!(rc, 0, "{err}");
+        pages.into_iter().map(|p| p & 1 == 1).collect()
+    }
+}
+
+/// A sequential reader of a file that later opens read from its NVMe copy
+/// leaves no second copy in the kernel's page cache behind it: the chunks it
+/// has left behind are dropped while it reads, the chunks near it are kept, and
+/// a read back into the dropped part still returns the file's bytes. With
+/// passthrough off, that page cache serves rereads, so it is all kept.
+#[test]
+fn a_sequential_reader_leaves_no_page_cache_behind_when_opens_pass_through() {
+    use std::io::Read;
+    let backend = Backend::local();
+    let chunks = 40;
+    let data = random_bytes(chunks * CHUNK, 24);
+    backend.put("p/s.bin", &data);
+    for passthrough in [true, false] {
+        let cache = tempfile::tempdir().unwrap();
+        let option = format!("passthrough={passthrough}");
+        let m = Mount::new(&backend, cache.path(), &["chunk_size=1M", &option]);
+        let mut f = File::open(m.path("p/s.bin")).unwrap();
+        let mut seen = Vec::new();
+        f.read_to_end(&mut seen).unwrap();
+        assert!(seen == data);
+        let pages_per_chunk = CHUNK / 4096;
+        let first_chunk_cached =
+            || resident_pages(&f, data.len())[..pages_per_chunk].contains(&true);
+        if passthrough {
+            // The notices are sent in the background.
+            wait_until(|| !first_chunk_cached());
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert!(first_chunk_cached());
+        }
+        let resident = resident_pages(&f, data.len());
+        assert!(
+            resident[resident.len() - pages_per_chunk..]
+                .iter()
+                .all(|&r| r),
+            "the last chunk is no longer cached (passthrough={passthrough})"
+        );
+        let mut back = vec![0u8; 2 * CHUNK];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == data[..2 * CHUNK]);
+        drop(f);
+        m.unmount();
+    }
 }

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use fuser::{
     AccessFlags, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags,
@@ -20,8 +19,8 @@ use fuser::{
 use tracing::debug_span;
 
 use crate::engine::{
-    Attr, AttrChange, DirEntry, Entry, Errno, FileKind, FsEngine, OpenMode, Opened, Released,
-    Reply, StatFs,
+    Attr, AttrChange, DirEntry, Entry, Errno, FileKind, Flushed, FsEngine, OpenMode, Opened,
+    ReadData, Released, Reply, StatFs,
 };
 use crate::passthrough::Passthrough;
 
@@ -352,12 +351,18 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyData,
     ) {
         let _span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        let passthrough = self.passthrough.clone();
         self.engine.read(
             ino.0,
             fh.0,
             offset,
             size,
-            answer(reply, |reply: ReplyData, data: Bytes| reply.data(&data)),
+            answer(reply, move |reply: ReplyData, read: ReadData| {
+                reply.data(&read.data);
+                if let Some((offset, len)) = read.drop_behind {
+                    passthrough.drop_page_cache_range(ino, offset, len);
+                }
+            }),
         );
     }
 
@@ -370,7 +375,18 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyEmpty,
     ) {
         let _span = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
-        reply.ok();
+        let passthrough = self.passthrough.clone();
+        self.engine.flush(
+            ino.0,
+            fh.0,
+            answer(reply, move |reply: ReplyEmpty, flushed: Flushed| {
+                if flushed.drop_page_cache {
+                    passthrough.drop_page_cache_then(ino, move || reply.ok());
+                } else {
+                    reply.ok();
+                }
+            }),
+        );
     }
 
     fn write(

@@ -75,6 +75,26 @@ pub struct Released {
     pub drop_page_cache: bool,
 }
 
+/// The bytes of a read, and what the kernel may drop of the inode's page cache.
+#[derive(Debug, Clone, Default)]
+pub struct ReadData {
+    pub data: Bytes,
+    /// `(offset, len)`: bytes of the page cache that a sequential reader has
+    /// left behind and that later opens read from a backing file: dropped in
+    /// the background rather than kept twice (here and in the backing file's
+    /// page cache).
+    pub drop_behind: Option<(u64, u64)>,
+}
+
+/// What the kernel may do before a close(2) that flushed a handle returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// The inode's page cache will not be read again (as for
+    /// [`Released::drop_page_cache`]): dropped before the close returns, so
+    /// that an open right after it does not wait for the kernel to drop it.
+    pub drop_page_cache: bool,
+}
+
 /// A local file holding a file's bytes, for the kernel to read and write directly.
 #[derive(Debug)]
 pub struct Backing {
@@ -176,7 +196,9 @@ pub trait FsEngine: Send + Sync + 'static {
     /// The errno for an operation tierfs does not offer (hard links, symlinks,
     /// device nodes), logged once per kind.
     fn unsupported(&self, what: &'static str) -> Errno;
-    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<Bytes>);
+    fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<ReadData>);
+    /// A file descriptor of the handle is closed; close(2) waits for the reply.
+    fn flush(&self, ino: u64, fh: u64, reply: Reply<Flushed>);
     fn release(&self, ino: u64, fh: u64, reply: Reply<Released>);
     /// The kernel refused passthrough for a handle that offered a backing file;
     /// it is read through `read` instead.

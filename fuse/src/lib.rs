@@ -10,6 +10,6 @@ mod passthrough;
 
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
-    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, FsEngine, OpenMode,
-    Opened, Released, Reply, StatFs, reply_fn,
+    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, Flushed, FsEngine,
+    OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
 };

@@ -10,6 +10,18 @@ use fuser::{BackingId, INodeNo, Notifier};
 
 use crate::engine::{Backing, FileIdentity};
 
+/// Work for the notice thread once an inode's page cache is dropped.
+type AfterDrop = Box<dyn FnOnce() + Send>;
+
+/// Part of an inode's page cache to drop: `len` bytes from `offset`, all of it
+/// when `len` is 0.
+struct PageCacheDrop {
+    ino: INodeNo,
+    offset: u64,
+    len: u64,
+    then: Option<AfterDrop>,
+}
+
 /// Backing ids the kernel gave for passthrough opens, kept until release.
 #[derive(Default)]
 pub(crate) struct Passthrough {
@@ -17,23 +29,32 @@ pub(crate) struct Passthrough {
     pub(crate) table: Mutex<BackingTable>,
     /// Inodes whose page cache to drop, for the thread that tells the kernel;
     /// set once the session exists.
-    page_cache_drops: OnceLock<mpsc::Sender<INodeNo>>,
+    page_cache_drops: OnceLock<mpsc::Sender<PageCacheDrop>>,
 }
 
 impl Passthrough {
     /// Starts the thread that sends the kernel notices to drop page caches: the
     /// kernel does the work inside the notice's write, which must not hold up a
-    /// reply. It ends with the session, when this is dropped.
+    /// FUSE worker. It ends with the session, when this is dropped.
     pub(crate) fn start_notices(&self, notifier: Notifier) -> io::Result<()> {
-        let (sender, inodes) = mpsc::channel::<INodeNo>();
+        let (sender, drops) = mpsc::channel::<PageCacheDrop>();
         std::thread::Builder::new()
             .name("tierfs-notify".into())
             .spawn(move || {
-                for ino in inodes {
+                for PageCacheDrop {
+                    ino,
+                    offset,
+                    len,
+                    then,
+                } in drops
+                {
                     // The inode may be gone already (ENOENT): nothing is cached then.
-                    match notifier.inval_inode(ino, 0, 0) {
-                        Ok(()) => tracing::debug!(ino = ino.0, "page cache dropped"),
+                    match notifier.inval_inode(ino, offset as i64, len as i64) {
+                        Ok(()) => tracing::debug!(ino = ino.0, offset, len, "page cache dropped"),
                         Err(e) => tracing::debug!(ino = ino.0, "page cache not dropped: {e}"),
+                    }
+                    if let Some(then) = then {
+                        then();
                     }
                 }
             })?;
@@ -44,11 +65,42 @@ impl Passthrough {
     /// Has an inode's page cache dropped in the background, when its next open
     /// will pass through.
     pub(crate) fn drop_page_cache(&self, ino: INodeNo) {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return;
+        self.send_drop(ino, 0, 0, None);
+    }
+
+    /// Has `len` bytes from `offset` of an inode's page cache dropped in the
+    /// background.
+    pub(crate) fn drop_page_cache_range(&self, ino: INodeNo, offset: u64, len: u64) {
+        if len > 0 {
+            self.send_drop(ino, offset, len, None);
         }
-        if let Some(drops) = self.page_cache_drops.get() {
-            let _ = drops.send(ino);
+    }
+
+    /// Has an inode's page cache dropped, then runs `then` (a reply that waits
+    /// for the drop); runs it at once when nothing can be dropped.
+    pub(crate) fn drop_page_cache_then(&self, ino: INodeNo, then: impl FnOnce() + Send + 'static) {
+        self.send_drop(ino, 0, 0, Some(Box::new(then)));
+    }
+
+    fn send_drop(&self, ino: INodeNo, offset: u64, len: u64, then: Option<AfterDrop>) {
+        let drops = self
+            .page_cache_drops
+            .get()
+            .filter(|_| self.enabled.load(Ordering::Relaxed));
+        let unsent = match drops {
+            Some(drops) => drops
+                .send(PageCacheDrop {
+                    ino,
+                    offset,
+                    len,
+                    then,
+                })
+                .err()
+                .and_then(|e| e.0.then),
+            None => then,
+        };
+        if let Some(then) = unsent {
+            then();
         }
     }
 

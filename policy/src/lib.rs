@@ -12,5 +12,5 @@ pub mod stats;
 pub use demotion::{CachedFile, DemoteReason, DemoteRule, files_to_demote};
 pub use eviction::{bytes_to_free, lru_victims};
 pub use planner::{Action, Budgets, Candidate, Move, PlanConfig, Priority, Reason, Tier, plan};
-pub use readahead::{ReadaheadPlan, ReadaheadState, plan_readahead};
+pub use readahead::{ReadaheadPlan, ReadaheadState, page_cache_behind, plan_readahead};
 pub use stats::{AccessStats, Decay};

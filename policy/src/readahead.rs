@@ -77,6 +77,20 @@ pub fn plan_readahead(
     }
 }
 
+/// Chunks of the kernel's page cache of a file that its sequential reader has
+/// left behind for good, from `dropped_below` (where the last such range ended)
+/// on: those before the window the reader may still step back into (see
+/// [`plan_readahead`]), less `lag` more chunks for requests the kernel's own
+/// readahead sent ahead of the reader. Empty until the reader has read two
+/// chunks in a row, and after a seek.
+pub fn page_cache_behind(state: ReadaheadState, dropped_below: u64, lag: u64) -> Range<u64> {
+    if !state.primed || state.window < 2 {
+        return dropped_below..dropped_below;
+    }
+    let end = state.next_chunk.saturating_sub(state.window + 1 + lag);
+    dropped_below..end.max(dropped_below)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +165,59 @@ mod tests {
                 prop_assert!(plan.prefetch.end <= 100);
                 prop_assert!(plan.prefetch.end - plan.prefetch.start.min(plan.prefetch.end) <= plan.state.window);
                 state = plan.state;
+            }
+        }
+    }
+
+    #[test]
+    fn a_sequential_reader_leaves_chunks_behind_its_window_and_lag() {
+        let plans = run(&[(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)], 2);
+        let behind: Vec<Range<u64>> = plans
+            .iter()
+            .map(|p| page_cache_behind(p.state, 0, 2))
+            .collect();
+        // Window 1, then 2 from the second chunk on: chunks up to next_chunk - 5.
+        assert_eq!(behind, [0..0, 0..0, 0..0, 0..0, 0..0, 0..1, 0..2]);
+        assert_eq!(page_cache_behind(plans[6].state, 1, 2), 1..2);
+        assert_eq!(page_cache_behind(plans[6].state, 5, 2), 5..5);
+    }
+
+    #[test]
+    fn random_readers_leave_nothing_behind() {
+        let plans = run(
+            &[(0, 0), (1, 1), (2, 2), (3, 3), (9, 9), (3, 3), (40, 40)],
+            4,
+        );
+        for p in &plans[4..] {
+            assert!(page_cache_behind(p.state, 0, 1).is_empty(), "{p:?}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the reads, what is left behind never reaches a chunk the
+        /// reader may still read as part of its sequential run, nor goes back
+        /// before what was dropped already.
+        #[test]
+        fn never_drops_what_a_sequential_reader_may_still_read(
+            reads in proptest::collection::vec((0u64..64, 0u64..3), 1..40),
+            max in 1u64..16,
+            lag in 0u64..4,
+            dropped in 0u64..64,
+        ) {
+            let mut state = ReadaheadState::default();
+            for (first, extra) in reads {
+                let last = (first + extra).min(63);
+                let plan = plan_readahead(state, first, last, 64, max);
+                state = plan.state;
+                let behind = page_cache_behind(state, dropped, lag);
+                prop_assert_eq!(behind.start, dropped);
+                prop_assert!(behind.end >= behind.start);
+                if !behind.is_empty() {
+                    // The lowest chunk the next read may touch and still count
+                    // as sequential, less the lag.
+                    let lowest = (state.next_chunk).saturating_sub(state.window + 1);
+                    prop_assert!(behind.end + lag <= lowest);
+                }
             }
         }
     }

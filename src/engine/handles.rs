@@ -5,14 +5,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use tierfs_fuse::{Backing, FileIdentity, Opened, Released};
-use tierfs_policy::ReadaheadState;
+use tierfs_fuse::{Backing, FileIdentity, Flushed, Opened, Released};
+use tierfs_policy::{ReadaheadState, page_cache_behind};
 
-use super::EngineCore;
+use super::{EngineCore, NVME_SETTLE};
 use crate::chunk::ChunkLayout;
+use crate::chunk_index::ChunkKey;
 use crate::error::{FsError, FsResult};
 use crate::tiered_reader::FileVersion;
 use crate::write_path::StagedFile;
+
+/// How many chunks ahead of the application the kernel's own readahead may
+/// have sent requests: two windows of the mount's read_ahead_kb, one chunk
+/// (see `mount::raise_readahead`). The page cache there is not left behind yet.
+const KERNEL_READAHEAD_CHUNKS: u64 = 2;
 
 /// An open file: the version it reads and how its reader moves through it, or
 /// the staged file it reads and writes.
@@ -28,6 +34,8 @@ pub(super) struct OpenFile {
     /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
     /// copy, held against eviction, or the staging file.
     pub(super) passthrough: AtomicBool,
+    /// The chunks below this one had their page cache dropped behind the reader.
+    pub(super) dropped_below: AtomicU64,
 }
 
 impl OpenFile {
@@ -45,6 +53,7 @@ impl OpenFile {
             readahead: Mutex::new(ReadaheadState::default()),
             widest_window: AtomicU64::new(0),
             passthrough: AtomicBool::new(false),
+            dropped_below: AtomicU64::new(0),
         }
     }
 }
@@ -151,6 +160,73 @@ impl EngineCore {
             staged.drop_direct_handle();
         }
         self.io_modes.passthrough_refused(open.ino);
+    }
+
+    /// Bytes of the kernel's page cache of `open`'s file that its sequential
+    /// reader has left behind (see [`page_cache_behind`]), when later opens read
+    /// them from the NVMe copy instead: passthrough is on, those chunks are on
+    /// NVMe, and no other handle reads the file through tierfs. Keeping them
+    /// would hold the same bytes twice in the page cache until the next open
+    /// drops them, and that open would wait for the drop.
+    pub(super) fn page_cache_left_behind(
+        &self,
+        open: &OpenFile,
+        file: &FileVersion,
+        state: ReadaheadState,
+    ) -> Option<(u64, u64)> {
+        if !self.options.passthrough {
+            return None;
+        }
+        let from = open.dropped_below.load(Ordering::Relaxed);
+        let behind = page_cache_behind(state, from, KERNEL_READAHEAD_CHUNKS);
+        if behind.is_empty() || !self.io_modes.sole_cached_handle(open.ino) {
+            return None;
+        }
+        let nvme = self.reader.nvme();
+        let end = behind
+            .clone()
+            .find(|&index| {
+                !nvme.has(&ChunkKey {
+                    file: file.id,
+                    index,
+                })
+            })
+            .unwrap_or(behind.end);
+        if end == from
+            || open
+                .dropped_below
+                .compare_exchange(from, end, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let chunk_size = self.options.chunk_size;
+        Some((from * chunk_size, (end - from) * chunk_size))
+    }
+
+    /// A close of the last handle that reads a file through tierfs, once the
+    /// file is whole on NVMe when the writes in flight land: waits for those
+    /// writes and has the page cache dropped before the close returns, so that
+    /// an open right after it passes through at once rather than waiting for
+    /// both. (close(2) waits for flush; release comes after it returns.)
+    pub async fn flush(&self, fh: u64) -> FsResult<Flushed> {
+        let open = self.handle(fh)?;
+        let Some(version) = &open.version else {
+            return Ok(Flushed::default());
+        };
+        if !self.options.passthrough
+            || open.passthrough.load(Ordering::Relaxed)
+            || !self.io_modes.sole_cached_handle(open.ino)
+            || !self.reader.whole_locally_soon(version.id, version.size)
+        {
+            return Ok(Flushed::default());
+        }
+        self.reader
+            .settle_nvme(version.id, version.size, NVME_SETTLE)
+            .await;
+        Ok(Flushed {
+            drop_page_cache: true,
+        })
     }
 
     pub fn release(self: &Arc<Self>, fh: u64) -> Released {
