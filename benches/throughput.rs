@@ -466,37 +466,20 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
         load(&model);
         disk.push(load(&model));
     }
+    let row = |case: &str, speeds: &[f64], goal: &'static str| Row {
+        case: format!("safetensors safe_open, {case}"),
+        tierfs: median(speeds.to_vec()),
+        baseline_name: "local disk, warm".into(),
+        baseline: median(disk.clone()),
+        unit: "MB/s",
+        goal,
+        rss_mib: rss,
+        paired_ratio: paired_ratio(speeds, &disk),
+    };
     vec![
-        Row {
-            case: "safetensors safe_open, cold".into(),
-            tierfs: median(cold.clone()),
-            baseline_name: "local disk, warm".into(),
-            baseline: median(disk.clone()),
-            unit: "MB/s",
-            goal: "",
-            rss_mib: rss,
-            paired_ratio: paired_ratio(&cold, &disk),
-        },
-        Row {
-            case: "safetensors safe_open, warm, right after the cold load".into(),
-            tierfs: median(warm.clone()),
-            baseline_name: "local disk, warm".into(),
-            baseline: median(disk.clone()),
-            unit: "MB/s",
-            goal: ">= 0.9",
-            rss_mib: rss,
-            paired_ratio: paired_ratio(&warm, &disk),
-        },
-        Row {
-            case: "safetensors safe_open, warm, NVMe copy landed".into(),
-            tierfs: median(settled.clone()),
-            baseline_name: "local disk, warm".into(),
-            baseline: median(disk.clone()),
-            unit: "MB/s",
-            goal: ">= 0.9",
-            rss_mib: rss,
-            paired_ratio: paired_ratio(&settled, &disk),
-        },
+        row("cold", &cold, ""),
+        row("warm, right after the cold load", &warm, ">= 0.9"),
+        row("warm, NVMe copy landed", &settled, ">= 0.9"),
     ]
 }
 
