@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -75,6 +75,8 @@ pub struct EngineCore {
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     /// Whether each open inode is served through tierfs or from a backing file.
     io_modes: InodeIoModes,
+    /// The kernel takes no backing files on this mount (see [`Self::passthrough`]).
+    passthrough_unavailable: AtomicBool,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     next_fh: AtomicU64,
@@ -140,6 +142,7 @@ impl EngineCore {
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
             io_modes: InodeIoModes::default(),
+            passthrough_unavailable: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             kept: KeptVersions::default(),
             manager,
@@ -375,7 +378,7 @@ impl EngineCore {
         }
         let version = self.version_of(&node)?;
         self.access.record(&version, crate::nvme_tier::now_secs());
-        if self.options.passthrough {
+        if self.passthrough() {
             self.reader
                 .settle_nvme(version.id, version.size, NVME_SETTLE)
                 .await;

@@ -230,6 +230,10 @@ impl FsEngine for Engine {
         self.core.end_passthrough(fh);
     }
 
+    fn passthrough_unavailable(&self) {
+        self.core.passthrough_unavailable();
+    }
+
     fn statfs(&self, reply: Reply<StatFs>) {
         answer(reply, Ok(self.core.statfs()));
     }

@@ -34,7 +34,7 @@ impl EngineCore {
         writer: bool,
         live: Option<FileIdentity>,
     ) -> Option<Backing> {
-        if !self.options().passthrough {
+        if !self.passthrough() {
             return None;
         }
         let backing = match staged.file.try_clone().and_then(Backing::new) {

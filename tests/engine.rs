@@ -323,3 +323,29 @@ async fn idle_and_old_copies_are_demoted_and_read_again_from_the_store() {
     assert_eq!(freed, (a.len() + b.len()) as u64);
     assert_eq!(core.reader().nvme().used(), 0);
 }
+
+/// Once the kernel is known to take no backing files (no FUSE passthrough, or
+/// no privilege for it), no open is offered one, and no close waits to make
+/// one possible or asks for the page cache to be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_backing_files_are_offered_once_passthrough_is_unavailable() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((3 * CHUNK) as usize, 6);
+    std::fs::write(store.path().join("p.bin"), &data).unwrap();
+    let core = core(store.path(), cache.path(), Duration::from_secs(60));
+    let fh = open_path(&core, "p.bin").await;
+    assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
+    assert!(core.flush(fh).await.unwrap().drop_page_cache);
+    core.release(fh);
+    wait_for_nvme(&core, data.len() as u64).await;
+    let ino = core.lookup(ROOT_INO, "p.bin").await.unwrap().ino;
+    let opened = core.open(ino, false, false).await.unwrap();
+    assert!(opened.backing.is_some(), "the NVMe copy was not offered");
+    core.release(opened.fh);
+
+    core.passthrough_unavailable();
+    let opened = core.open(ino, false, false).await.unwrap();
+    assert!(opened.backing.is_none());
+    assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
+    core.release(opened.fh);
+}

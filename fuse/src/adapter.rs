@@ -189,7 +189,13 @@ impl<E: FsEngine + Clone> FuseAdapter<E> {
     /// Tells the engine that a handle will be read through it after all.
     fn engine_refusal(&self) -> impl FnOnce(u64) + Send + 'static {
         let engine = self.engine.clone();
-        move |fh| engine.passthrough_refused(fh)
+        let passthrough = self.passthrough.clone();
+        move |fh| {
+            engine.passthrough_refused(fh);
+            if !passthrough.enabled.load(Ordering::Relaxed) {
+                engine.passthrough_unavailable();
+            }
+        }
     }
 }
 
@@ -221,6 +227,9 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
             .enabled
             .store(passthrough, Ordering::Relaxed);
         tracing::info!(passthrough, "FUSE session initialised");
+        if !passthrough {
+            self.engine.passthrough_unavailable();
+        }
         Ok(())
     }
 

@@ -203,6 +203,9 @@ pub trait FsEngine: Send + Sync + 'static {
     /// The kernel refused passthrough for a handle that offered a backing file;
     /// it is read through `read` instead.
     fn passthrough_refused(&self, fh: u64);
+    /// The kernel takes no backing files on this mount: no handle is offered
+    /// one from now on.
+    fn passthrough_unavailable(&self);
     fn statfs(&self, reply: Reply<StatFs>);
     fn getxattr(&self, ino: u64, name: &OsStr, reply: Reply<Vec<u8>>);
     /// Names, each followed by a NUL byte, as listxattr(2) returns them.

@@ -59,6 +59,24 @@ impl OpenFile {
 }
 
 impl EngineCore {
+    /// Whether handles may be offered backing files (FUSE passthrough): the
+    /// `passthrough` option is on and the kernel has not refused them. Nothing
+    /// waits for, or drops page cache for, a passthrough that cannot happen.
+    pub(crate) fn passthrough(&self) -> bool {
+        self.options.passthrough && !self.passthrough_unavailable.load(Ordering::Relaxed)
+    }
+
+    /// The kernel takes no backing files on this mount (it lacks FUSE
+    /// passthrough, or the daemon lacks the privilege): every handle goes
+    /// through tierfs from now on.
+    pub fn passthrough_unavailable(&self) {
+        if !self.passthrough_unavailable.swap(true, Ordering::Relaxed) && self.options.passthrough {
+            tracing::info!(
+                "FUSE passthrough unavailable: files are read and written through tierfs"
+            );
+        }
+    }
+
     /// The backing file for a new handle on `version`: the file's memfd when it
     /// is held whole in RAM, else its NVMe copy when complete, or whichever of
     /// them is `live` (the one the inode's other handles use).
@@ -67,7 +85,7 @@ impl EngineCore {
         version: &FileVersion,
         live: Option<FileIdentity>,
     ) -> FsResult<Option<Backing>> {
-        if !self.options.passthrough {
+        if !self.passthrough() {
             return Ok(None);
         }
         let is_live = |b: &Backing| live.is_none_or(|id| id == b.identity);
@@ -174,7 +192,7 @@ impl EngineCore {
         file: &FileVersion,
         state: ReadaheadState,
     ) -> Option<(u64, u64)> {
-        if !self.options.passthrough {
+        if !self.passthrough() {
             return None;
         }
         let from = open.dropped_below.load(Ordering::Relaxed);
@@ -214,7 +232,7 @@ impl EngineCore {
         let Some(version) = &open.version else {
             return Ok(Flushed::default());
         };
-        if !self.options.passthrough
+        if !self.passthrough()
             || open.passthrough.load(Ordering::Relaxed)
             || !self.io_modes.sole_cached_handle(open.ino)
             || !self.reader.whole_locally_soon(version.id, version.size)
@@ -267,7 +285,7 @@ impl EngineCore {
         // cache that reads through tierfs filled, now rather than in that open.
         Released {
             drop_page_cache: last_on_inode
-                && self.options.passthrough
+                && self.passthrough()
                 && self.reader.whole_locally_soon(version.id, version.size),
         }
     }
