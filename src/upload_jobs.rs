@@ -155,6 +155,7 @@ impl EngineCore {
             if let Some(s) = &staged {
                 s.verified.send_replace(generation);
             }
+            tracing::debug!(id, busy, generation, "upload verified");
             if busy {
                 // Still open for writing: the object stays as it is verified, and
                 // the copy becomes clean when the last writer closes unchanged.

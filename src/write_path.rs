@@ -380,6 +380,12 @@ impl EngineCore {
         .map_err(|e| FsError::Cache(e.to_string()))??;
         let mut replaced = None;
         let record = self.writes().registry.update(staged.id, durable, |r| {
+            // Seals run concurrently (a close, then another writer's close): one
+            // that hashed an older generation must not replace a newer seal,
+            // whose upload would then never be asked for.
+            if r.sealed.as_ref().is_some_and(|s| s.generation > generation) {
+                return false;
+            }
             let mut new = SealedUpload::new(digests, chunk_size, generation);
             match r.sealed.take() {
                 // The same bytes sealed again (a close after fsync): the upload
@@ -422,6 +428,7 @@ impl EngineCore {
                 state.generation != state.sealed,
             )
         };
+        tracing::debug!(id = staged.id, writer, last, dirty, "staged file released");
         if !last {
             return;
         }

@@ -530,3 +530,37 @@ fn readers_and_writers_of_a_file_being_written_share_it() {
     assert!(all == want);
     assert_in_store(&backend, "x.bin", &want);
 }
+
+/// A file written, fsynced and closed, then at once reopened, truncated and
+/// closed: the two closes seal it concurrently, and the store must end with the
+/// last version whatever order their seals finish in (the older seal used to
+/// replace the newer record, whose upload then never ran).
+#[test]
+fn a_file_truncated_right_after_an_fsynced_close_uploads_its_last_version() {
+    let backend = Backend::local();
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    for round in 0..40u64 {
+        let name = format!("r{round}.bin");
+        let data = random_bytes(3 << 20, round);
+        {
+            let f = File::create(mount.path(&name)).unwrap();
+            f.write_all_at(&data, 0).unwrap();
+            f.sync_all().unwrap();
+        }
+        {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(mount.path(&name))
+                .unwrap();
+            f.set_len(1 << 20).unwrap();
+        }
+        let want = &data[..1 << 20];
+        assert!(
+            wait_for(UPLOAD_WAIT, || backend.get(&name).as_deref() == Some(want)),
+            "round {round}: the store has {:?} bytes\n{}",
+            backend.get(&name).map(|d| d.len()),
+            mount.log()
+        );
+    }
+}
