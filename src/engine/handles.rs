@@ -68,13 +68,9 @@ impl EngineCore {
 
     /// The kernel takes no backing files on this mount (it lacks FUSE
     /// passthrough, or the daemon lacks the privilege): every handle goes
-    /// through tierfs from now on.
+    /// through tierfs from now on. (The adapter logs why.)
     pub fn passthrough_unavailable(&self) {
-        if !self.passthrough_unavailable.swap(true, Ordering::Relaxed) && self.options.passthrough {
-            tracing::info!(
-                "FUSE passthrough unavailable: files are read and written through tierfs"
-            );
-        }
+        self.passthrough_unavailable.store(true, Ordering::Relaxed);
     }
 
     /// The backing file for a new handle on `version`: the file's memfd when it
@@ -235,11 +231,8 @@ impl EngineCore {
         let Some(version) = &open.version else {
             return Ok(Flushed::default());
         };
-        if !self.passthrough()
-            || open.passthrough.load(Ordering::Relaxed)
-            || !self.io_modes.sole_cached_handle(open.ino)
-            || !self.reader.whole_locally_soon(version.id, version.size)
-        {
+        // A passthrough handle is never the inode's sole cached one.
+        if !self.io_modes.sole_cached_handle(open.ino) || !self.next_open_passes_through(version) {
             return Ok(Flushed::default());
         }
         self.reader
@@ -283,14 +276,19 @@ impl EngineCore {
             self.reader.nvme().unhold(version.id);
             return Released::default();
         }
-        // The last handle read through tierfs: once the file is whole on NVMe
-        // or in RAM the next open passes through, and the kernel drops the page
-        // cache that reads through tierfs filled, now rather than in that open.
+        // The last handle read through tierfs: the kernel drops the page cache
+        // that reads through tierfs filled now rather than in the next open.
         Released {
-            drop_page_cache: last_on_inode
-                && self.passthrough()
-                && self.reader.whole_locally_soon(version.id, version.size),
+            drop_page_cache: last_on_inode && self.next_open_passes_through(version),
         }
+    }
+
+    /// Whether the next open of `version` passes through: backing files can be
+    /// had, and the file is (or is about to be, once the NVMe writes in flight
+    /// land) whole on NVMe or in RAM. The page cache that reads through tierfs
+    /// filled is then not read again.
+    fn next_open_passes_through(&self, version: &FileVersion) -> bool {
+        self.passthrough() && self.reader.whole_locally_soon(version.id, version.size)
     }
 
     /// The backing file the kernel reads `ino` from, while a handle uses it.
