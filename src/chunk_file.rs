@@ -1,5 +1,6 @@
-//! Positional reads of cache files: io-uring where the kernel allows it, plain
-//! pread where it does not (old kernels, seccomp filters in containers).
+//! Positional reads and writes of cache files: reads through io-uring where the
+//! kernel allows it, plain pread where it does not (old kernels, seccomp filters in
+//! containers); writes in pieces small enough for cheap page-cache folios.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -30,6 +31,26 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
         }
     }
     file.read_exact_at(buf, offset)
+}
+
+/// The largest piece [`write_all_at`] hands the kernel in one call.
+pub const WRITE_PIECE: usize = 1 << 20;
+
+/// Writes all of `data` at `offset`, in pieces of at most [`WRITE_PIECE`] bytes.
+///
+/// The kernel sizes the page-cache folios of a buffered write from the length of
+/// the write: one big write gets 2 MiB folios. Those come from the high-order free
+/// blocks that a virtual machine's balloon (free page reporting) has handed back to
+/// its host, and filling them costs the host a fault per page: on such a VM, 8 MiB
+/// writes of fresh cache took 3 to 4.7 CPU-seconds per GiB against 0.3 for 1 MiB
+/// writes. Smaller writes cost a few more syscalls and nothing else.
+pub fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut at = offset;
+    for piece in data.chunks(WRITE_PIECE) {
+        file.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
 }
 
 enum UringError {
@@ -130,5 +151,10 @@ mod tests {
         punch_hole(&f, 0, 8192).unwrap();
         read_exact_at(&f, &mut buf[..100], 0).unwrap();
         assert!(buf[..100].iter().all(|b| *b == 0));
+        let big: Vec<u8> = (0..WRITE_PIECE * 2 + 77).map(|i| (i % 253) as u8).collect();
+        write_all_at(&f, &big, 3).unwrap();
+        let mut back = vec![0u8; big.len()];
+        read_exact_at(&f, &mut back, 3).unwrap();
+        assert_eq!(back, big);
     }
 }

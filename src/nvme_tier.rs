@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use tierfs_fuse::FileIdentity;
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_buffer::ChunkBuffer;
-use crate::chunk_file::{disk_free, punch_hole, read_exact_at};
+use crate::chunk_file::{self, disk_free, punch_hole, read_exact_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
 use crate::chunk_recency::{ChunkRecency, FileUse};
 use crate::error::FsResult;
@@ -192,7 +191,7 @@ impl NvmeTier {
         // record points to, never a record that points to missing bytes.
         self.index.delete(key)?;
         let file = self.file(key.file, true)?;
-        file.write_all_at(data, key.index * self.chunk_size)?;
+        chunk_file::write_all_at(&file, data, key.index * self.chunk_size)?;
         let record = ChunkRecord {
             digest: chunk_digest,
             len: data.len() as u32,
@@ -535,7 +534,7 @@ mod tests {
             .write(true)
             .open(t.data_path(FileId(1)))
             .unwrap();
-        f.write_all_at(b"X", 2 * 16 + 5).unwrap();
+        chunk_file::write_all_at(&f, b"X", 2 * 16 + 5).unwrap();
         assert_eq!(t.read(&key(1, 2)).unwrap(), None);
         assert_eq!(t.stats.healed.load(Ordering::Relaxed), 1);
         assert_eq!(t.used(), 0);

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -14,6 +13,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
+use crate::chunk_file;
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
 use crate::options::Durability;
@@ -204,7 +204,7 @@ impl EngineCore {
             let mut offset = 0;
             while offset < version.size {
                 let data = self.reader().read(&version, offset, step).await?;
-                file.write_all_at(&data, offset)?;
+                chunk_file::write_all_at(&file, &data, offset)?;
                 offset += data.len() as u64;
                 if data.is_empty() {
                     break;
@@ -275,7 +275,7 @@ impl EngineCore {
         if growth > 0 {
             self.room_on_nvme(growth);
         }
-        staged.file.write_all_at(data, offset)?;
+        chunk_file::write_all_at(&staged.file, data, offset)?;
         let size = {
             let mut state = staged.state.lock();
             state.generation += 1;
