@@ -155,11 +155,24 @@ fn main() {
     let mut rows = Vec::new();
     let dropped = drop_page_cache();
 
-    // Cold sequential: tierfs vs the raw client with the same concurrency.
+    // Cold sequential: tierfs vs the raw client with the same concurrency and vs
+    // the peers, all in each run, so that every ratio pairs reads taken minutes
+    // apart at most (this host's speed drifts over a session).
+    let peers: Vec<&str> = ["rclone", "s3fs"]
+        .into_iter()
+        .filter(|tool| {
+            let found = installed(tool);
+            if !found {
+                println!("{tool} is not installed: its row is left out (apt-get install {tool})");
+            }
+            found
+        })
+        .collect();
     let mut cold = Vec::new();
     let mut raw = Vec::new();
+    let mut peer_speeds: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); peers.len()];
     let mut rss = 0f64;
-    for _ in 0..runs {
+    for run in 0..runs {
         cold_start(&backend, "big.bin");
         raw.push(raw_parallel_get(client.as_ref(), "big.bin", size, 16));
         let cache = tempfile::tempdir().unwrap();
@@ -167,6 +180,15 @@ fn main() {
         cold_start(&backend, "big.bin");
         cold.push(read_speed(&m.path("big.bin"), 1 << 20));
         rss = rss.max(daemon_peak_rss(m.dir.path()).unwrap_or(0.0));
+        m.unmount();
+        for (tool, speeds) in peers.iter().zip(peer_speeds.iter_mut()) {
+            if let Some(list) = speeds {
+                match peer_cold_read(&backend, tool, scratch.path(), run) {
+                    Some(speed) => list.push(speed),
+                    None => *speeds = None,
+                }
+            }
+        }
     }
     rows.push(Row {
         case: "cold sequential read".into(),
@@ -178,23 +200,19 @@ fn main() {
         rss_mib: Some(rss),
         paired_ratio: paired_ratio(&cold, &raw),
     });
-
-    for (tool, args) in [("rclone", "rclone"), ("s3fs", "s3fs")] {
-        if let Some(speed) = peer_cold_read(&backend, tool, scratch.path(), runs) {
-            rows.push(Row {
-                case: format!("cold sequential read vs {args}"),
-                tierfs: median(cold.clone()),
-                baseline_name: format!("{args} mount"),
-                baseline: speed,
-                unit: "MB/s",
-                goal: ">= 1.3",
-                // The same tierfs runs as the row above.
-                rss_mib: Some(rss),
-                paired_ratio: None,
-            });
-        } else {
-            println!("{tool} is not installed: its row is left out (apt-get install {tool})");
-        }
+    for (tool, speeds) in peers.iter().zip(peer_speeds) {
+        let Some(speeds) = speeds else { continue };
+        rows.push(Row {
+            case: format!("cold sequential read vs {tool}"),
+            tierfs: median(cold.clone()),
+            baseline_name: format!("{tool} mount"),
+            baseline: median(speeds.clone()),
+            unit: "MB/s",
+            goal: ">= 1.3",
+            // The same tierfs runs as the row above.
+            rss_mib: Some(rss),
+            paired_ratio: paired_ratio(&cold, &speeds),
+        });
     }
 
     // NVMe-resident with the page cache dropped, RAM-resident, page-cache re-read.
@@ -210,11 +228,26 @@ fn main() {
     let cache_file = largest_file(&cache.path().join("chunks"));
     let (mut nvme, mut direct) = (Vec::new(), Vec::new());
     let m = Mount::new(&backend, cache.path(), &[]);
-    for _ in 0..runs {
-        drop_page_cache();
-        nvme.push(read_speed(&m.path("big.bin"), 1 << 20));
-        drop_page_cache();
-        direct.push(read_speed(&cache_file, 1 << 20));
+    for run in 0..runs {
+        // Both sides read the same blocks from a disk whose speed can swing from one
+        // read to the next (on a VM, consecutive reads alternated between about 0.5
+        // and 1.4 GB/s): which side reads first alternates, so that neither always
+        // gets the fast turn.
+        let through_tierfs = |speeds: &mut Vec<f64>| {
+            drop_page_cache();
+            speeds.push(read_speed(&m.path("big.bin"), 1 << 20));
+        };
+        let direct_read = |speeds: &mut Vec<f64>| {
+            drop_page_cache();
+            speeds.push(read_speed(&cache_file, 1 << 20));
+        };
+        if run % 2 == 0 {
+            through_tierfs(&mut nvme);
+            direct_read(&mut direct);
+        } else {
+            direct_read(&mut direct);
+            through_tierfs(&mut nvme);
+        }
     }
     let (mut rand4k, mut rand1m, mut local4k, mut local1m) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -513,77 +546,79 @@ fn parallel_cold_rss(backend: &Backend, client: &dyn ObjectStore, size: u64) -> 
     }
 }
 
-/// Cold sequential read of big.bin through another FUSE client of the same bucket.
-fn peer_cold_read(backend: &Backend, tool: &str, scratch: &Path, runs: usize) -> Option<f64> {
-    let Backend::S3(server) = backend else {
-        unreachable!()
-    };
+fn installed(tool: &str) -> bool {
     Command::new("which")
         .arg(tool)
         .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    let mut speeds = Vec::new();
-    for run in 0..runs {
-        let mnt = scratch.join(format!("{tool}-mnt-{run}"));
-        let cache = scratch.join(format!("{tool}-cache-{run}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        std::fs::create_dir_all(&cache).unwrap();
-        let ok = match tool {
-            "rclone" => Command::new("rclone")
-                .env_remove("AWS_CA_BUNDLE")
-                .env("RCLONE_S3_PROVIDER", "Other")
-                .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
-                .env("RCLONE_S3_ACCESS_KEY_ID", ACCESS_KEY)
-                .env("RCLONE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
-                .env("RCLONE_S3_ENDPOINT", server.endpoint())
-                .args(["mount", &format!(":s3:{BUCKET}/models")])
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Cold sequential read of big.bin through another FUSE client of the same bucket,
+/// mounted afresh with an empty cache; MB/s, or None when it cannot be mounted.
+fn peer_cold_read(backend: &Backend, tool: &str, scratch: &Path, run: usize) -> Option<f64> {
+    let Backend::S3(server) = backend else {
+        unreachable!()
+    };
+    let mnt = scratch.join(format!("{tool}-mnt-{run}"));
+    let cache = scratch.join(format!("{tool}-cache-{run}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let ok = match tool {
+        "rclone" => Command::new("rclone")
+            .env_remove("AWS_CA_BUNDLE")
+            .env("RCLONE_S3_PROVIDER", "Other")
+            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
+            .env("RCLONE_S3_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("RCLONE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("RCLONE_S3_ENDPOINT", server.endpoint())
+            .args(["mount", &format!(":s3:{BUCKET}/models")])
+            .arg(&mnt)
+            .args(["--vfs-cache-mode", "full", "--cache-dir"])
+            .arg(&cache)
+            .arg("--daemon")
+            .status(),
+        _ => {
+            let pw = scratch.join("s3fs.passwd");
+            std::fs::write(&pw, format!("{ACCESS_KEY}:{SECRET_KEY}")).unwrap();
+            std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            Command::new("s3fs")
+                .arg(format!("{BUCKET}:/models"))
                 .arg(&mnt)
-                .args(["--vfs-cache-mode", "full", "--cache-dir"])
-                .arg(&cache)
-                .arg("--daemon")
-                .status(),
-            _ => {
-                let pw = scratch.join("s3fs.passwd");
-                std::fs::write(&pw, format!("{ACCESS_KEY}:{SECRET_KEY}")).unwrap();
-                std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                    .unwrap();
-                Command::new("s3fs")
-                    .arg(format!("{BUCKET}:/models"))
-                    .arg(&mnt)
-                    .args(["-o", &format!("passwd_file={},use_path_request_style,url={},endpoint=us-east-1,use_cache={}", pw.display(), server.endpoint(), cache.display())])
-                    .status()
-            }
-        };
-        if !ok.is_ok_and(|s| s.success()) {
-            return None;
-        }
-        let file = mnt.join("big.bin");
-        for _ in 0..500 {
-            if file.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        if !file.exists() {
-            println!("{tool} mounted but does not show big.bin: its row is left out");
-            Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&mnt)
+                .args(["-o", &format!("passwd_file={},use_path_request_style,url={},endpoint=us-east-1,use_cache={}", pw.display(), server.endpoint(), cache.display())])
                 .status()
-                .ok();
-            return None;
         }
-        cold_start(backend, "big.bin");
-        speeds.push(read_speed(&file, 1 << 20));
+    };
+    if !ok.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let file = mnt.join("big.bin");
+    for _ in 0..500 {
+        if file.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !file.exists() {
+        println!("{tool} mounted but does not show big.bin: its row is left out");
         Command::new("fusermount3")
             .arg("-u")
+            .arg("-z")
             .arg(&mnt)
             .status()
             .ok();
+        return None;
     }
-    Some(median(speeds))
+    cold_start(backend, "big.bin");
+    let speed = read_speed(&file, 1 << 20);
+    Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .ok();
+    // Each run starts with an empty cache anyway; the next runs need the disk.
+    let _ = std::fs::remove_dir_all(&cache);
+    Some(speed)
 }
 
 fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) {
@@ -600,8 +635,9 @@ fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) 
              page cache dropped between cold runs: {dropped}, after which the store's copy of the objects \
              read is read back into it (the store serves from memory, as a remote store's disk is not this \
              machine's), for tierfs and its baselines alike. Where tierfs and its baseline ran side by side \
-             in each run, the ratio is the median of the per-run ratios (this host's speed drifts between \
-             runs); for the rclone and s3fs rows it is the ratio of the medians.\n\n{table}",
+             in each run (the cold reads of tierfs, the raw client, rclone and s3fs; NVMe, RAM and \
+             safetensors reads against their local baselines), the ratio is the median of the per-run \
+             ratios, as this host's speed drifts over a session.\n\n{table}",
             harness::machine()
         ),
     );
