@@ -228,11 +228,12 @@ fn main() {
     let cache_file = largest_file(&cache.path().join("chunks"));
     let (mut nvme, mut direct) = (Vec::new(), Vec::new());
     let m = Mount::new(&backend, cache.path(), &[]);
-    for run in 0..runs {
-        // Both sides read the same blocks from a disk whose speed can swing from one
-        // read to the next (on a VM, consecutive reads alternated between about 0.5
-        // and 1.4 GB/s): which side reads first alternates, so that neither always
-        // gets the fast turn.
+    // Both sides read the same blocks from a disk whose speed can swing from one read
+    // to the next (on a VM, per-pair ratios of the same two reads ranged from 0.35 to
+    // 2.4): which side reads first alternates, so that neither always gets the fast
+    // turn, and a full run takes at least 9 pairs (a pair costs seconds).
+    let pairs = if full { runs.max(9) } else { runs };
+    for run in 0..pairs {
         let through_tierfs = |speeds: &mut Vec<f64>| {
             drop_page_cache();
             speeds.push(read_speed(&m.path("big.bin"), 1 << 20));
@@ -631,14 +632,15 @@ fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool) 
         "throughput",
         &format!(
             "Measured by `cargo bench --bench throughput` (see benches/throughput.rs) on {}, \
-             against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case; \
+             against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case (of {} for the NVMe-resident pair); \
              page cache dropped between cold runs: {dropped}, after which the store's copy of the objects \
              read is read back into it (the store serves from memory, as a remote store's disk is not this \
              machine's), for tierfs and its baselines alike. Where tierfs and its baseline ran side by side \
              in each run (the cold reads of tierfs, the raw client, rclone and s3fs; NVMe, RAM and \
              safetensors reads against their local baselines), the ratio is the median of the per-run \
              ratios, as this host's speed drifts over a session.\n\n{table}",
-            harness::machine()
+            harness::machine(),
+            runs.max(9)
         ),
     );
 }
