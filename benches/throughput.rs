@@ -233,21 +233,18 @@ fn main() {
     // 2.4): which side reads first alternates, so that neither always gets the fast
     // turn, and a full run takes at least 9 pairs (a pair costs seconds).
     let pairs = if full { runs.max(9) } else { runs };
+    let through_tierfs = m.path("big.bin");
+    let read_cold = |path: &Path, speeds: &mut Vec<f64>| {
+        drop_page_cache();
+        speeds.push(read_speed(path, 1 << 20));
+    };
     for run in 0..pairs {
-        let through_tierfs = |speeds: &mut Vec<f64>| {
-            drop_page_cache();
-            speeds.push(read_speed(&m.path("big.bin"), 1 << 20));
-        };
-        let direct_read = |speeds: &mut Vec<f64>| {
-            drop_page_cache();
-            speeds.push(read_speed(&cache_file, 1 << 20));
-        };
         if run % 2 == 0 {
-            through_tierfs(&mut nvme);
-            direct_read(&mut direct);
+            read_cold(&through_tierfs, &mut nvme);
+            read_cold(&cache_file, &mut direct);
         } else {
-            direct_read(&mut direct);
-            through_tierfs(&mut nvme);
+            read_cold(&cache_file, &mut direct);
+            read_cold(&through_tierfs, &mut nvme);
         }
     }
     let (mut rand4k, mut rand1m, mut local4k, mut local1m) =
