@@ -1,30 +1,31 @@
 //! Memory for whole chunks, mapped and faulted in with one call when it is made
-//! instead of one page fault per 4 KiB while it is filled, and returned to the
-//! system whole when the last slice of it is dropped.
+//! instead of one page fault per 4 KiB while it is filled. A buffer from a
+//! [`BufferPool`] goes back to it when the last slice of it is dropped, so that
+//! a reader streaming through a file refills the same few mappings instead of
+//! faulting in fresh memory for every chunk; other buffers are returned to the
+//! system whole.
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
-/// A fixed-capacity, page-aligned byte buffer, filled from the front.
-pub struct ChunkBuffer {
+/// One private anonymous mapping, unmapped when dropped.
+struct Mapping {
     /// Start of the mapping, page-aligned.
     data: NonNull<u8>,
     len: usize,
-    capacity: usize,
-    map_len: usize,
 }
 
-// SAFETY: the buffer owns its mapping outright; nothing else points into it.
-unsafe impl Send for ChunkBuffer {}
-// SAFETY: shared access is read-only (`AsRef<[u8]>`).
-unsafe impl Sync for ChunkBuffer {}
+// SAFETY: the mapping is owned outright; nothing else points into it.
+unsafe impl Send for Mapping {}
 
-impl ChunkBuffer {
-    /// An empty buffer with room for `capacity` bytes.
-    pub fn with_capacity(capacity: usize) -> io::Result<ChunkBuffer> {
-        let map_len = capacity.max(1);
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        let len = len.max(1);
         // SAFETY: an anonymous private mapping; the result is checked below.
         // MAP_POPULATE: one call faults in every page, instead of one fault per
         // 4 KiB page while the body is copied in. Transparent huge pages are left
@@ -33,7 +34,7 @@ impl ChunkBuffer {
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                map_len,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
@@ -44,12 +45,111 @@ impl ChunkBuffer {
             return Err(io::Error::last_os_error());
         }
         let data = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(Mapping { data, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `Mapping::new`.
+        unsafe { libc::munmap(self.data.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Mappings of one size (a whole chunk) kept for reuse, up to a limit. A pooled
+/// mapping is only ever one that a buffer in use held a moment before, so the
+/// pool never makes the process hold more memory than its busiest moment did;
+/// the limit bounds what it keeps after that moment has passed.
+pub struct BufferPool {
+    size: usize,
+    max_kept: usize,
+    free: Mutex<Vec<Mapping>>,
+    reused: AtomicU64,
+}
+
+impl BufferPool {
+    /// A pool of `size`-byte buffers that keeps at most `max_bytes` of them idle.
+    pub fn new(size: usize, max_bytes: u64) -> Arc<BufferPool> {
+        let max_kept = usize::try_from(max_bytes / size.max(1) as u64).unwrap_or(usize::MAX);
+        Arc::new(BufferPool {
+            size,
+            max_kept,
+            free: Mutex::new(Vec::new()),
+            reused: AtomicU64::new(0),
+        })
+    }
+
+    /// An empty buffer for `capacity` bytes: a pooled mapping when `capacity` is
+    /// the pool's size, a fresh one otherwise (a file's short last chunk must not
+    /// hold a whole chunk's memory).
+    pub fn take(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
+        if capacity != self.size {
+            return ChunkBuffer::with_capacity(capacity);
+        }
+        let reused = self.free.lock().pop();
+        let map = match reused {
+            Some(map) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                map
+            }
+            None => Mapping::new(capacity)?,
+        };
         Ok(ChunkBuffer {
-            data,
+            map: Some(map),
             len: 0,
             capacity,
-            map_len,
+            pool: Some(self.clone()),
         })
+    }
+
+    /// Bytes of idle mappings held for reuse.
+    pub fn idle_bytes(&self) -> u64 {
+        (self.free.lock().len() * self.size) as u64
+    }
+
+    /// Buffers handed out that reused a mapping.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    fn give_back(&self, map: Mapping) {
+        let mut free = self.free.lock();
+        if free.len() < self.max_kept {
+            free.push(map);
+        }
+    }
+}
+
+/// A fixed-capacity, page-aligned byte buffer, filled from the front.
+pub struct ChunkBuffer {
+    /// Always `Some` until the buffer is dropped.
+    map: Option<Mapping>,
+    len: usize,
+    capacity: usize,
+    pool: Option<Arc<BufferPool>>,
+}
+
+// SAFETY: shared access is read-only (`AsRef<[u8]>`).
+unsafe impl Sync for ChunkBuffer {}
+
+impl ChunkBuffer {
+    /// An empty buffer with room for `capacity` bytes, returned to the system
+    /// when dropped.
+    pub fn with_capacity(capacity: usize) -> io::Result<ChunkBuffer> {
+        Ok(ChunkBuffer {
+            map: Some(Mapping::new(capacity)?),
+            len: 0,
+            capacity,
+            pool: None,
+        })
+    }
+
+    fn start(&self) -> *mut u8 {
+        self.map
+            .as_ref()
+            .expect("a live buffer has its mapping")
+            .data
+            .as_ptr()
     }
 
     pub fn len(&self) -> usize {
@@ -70,11 +170,7 @@ impl ChunkBuffer {
         // SAFETY: the destination lies inside the mapping (checked above) and
         // cannot overlap `bytes`, which the caller borrows from elsewhere.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.data.as_ptr().add(self.len),
-                bytes.len(),
-            )
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.start().add(self.len), bytes.len())
         };
         self.len += bytes.len();
         Ok(())
@@ -83,12 +179,10 @@ impl ChunkBuffer {
     /// The unfilled rest, for reads straight into the buffer; mark what was
     /// filled with [`ChunkBuffer::advance`].
     pub fn spare(&mut self) -> &mut [u8] {
-        // SAFETY: inside the mapping; anonymous memory is zeroed, so initialised.
+        // SAFETY: inside the mapping, which is initialised: zeroed when it was
+        // made, and written since when it comes from a pool.
         unsafe {
-            std::slice::from_raw_parts_mut(
-                self.data.as_ptr().add(self.len),
-                self.capacity - self.len,
-            )
+            std::slice::from_raw_parts_mut(self.start().add(self.len), self.capacity - self.len)
         }
     }
 
@@ -107,14 +201,15 @@ impl ChunkBuffer {
 impl AsRef<[u8]> for ChunkBuffer {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the first `len` bytes are inside the mapping and were written.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.start(), self.len) }
     }
 }
 
 impl Drop for ChunkBuffer {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `with_capacity`.
-        unsafe { libc::munmap(self.data.as_ptr().cast(), self.map_len) };
+        if let (Some(map), Some(pool)) = (self.map.take(), &self.pool) {
+            pool.give_back(map);
+        }
     }
 }
 
@@ -153,5 +248,40 @@ mod tests {
         drop(bytes);
         assert_eq!(&tail[..], b"bc");
         assert!((tail.as_ptr() as usize - 1).is_multiple_of(4096));
+    }
+
+    #[test]
+    fn a_pool_reuses_whole_chunk_mappings_and_keeps_no_more_than_its_limit() {
+        let pool = BufferPool::new(1 << 20, 2 << 20);
+        let mut first = pool.take(1 << 20).unwrap();
+        first.extend_from_slice(&[5u8; 100]).unwrap();
+        let first = first.freeze();
+        let address = first.as_ptr();
+        let slice = first.slice(10..20);
+        drop(first);
+        assert_eq!(pool.idle_bytes(), 0, "a slice still holds the buffer");
+        assert_eq!(&slice[..], &[5u8; 10]);
+        drop(slice);
+        assert_eq!(pool.idle_bytes(), 1 << 20);
+
+        let again = pool.take(1 << 20).unwrap();
+        assert_eq!(again.as_ref().as_ptr(), address, "the mapping is reused");
+        assert_eq!(pool.reused(), 1);
+        assert!(again.is_empty());
+        assert_eq!(pool.idle_bytes(), 0);
+
+        // A short last chunk gets memory of its own size, never a pooled chunk.
+        let short = pool.take(4096).unwrap();
+        drop(short);
+        assert_eq!(pool.idle_bytes(), 0);
+
+        let more: Vec<ChunkBuffer> = (0..3).map(|_| pool.take(1 << 20).unwrap()).collect();
+        drop(again);
+        drop(more);
+        assert_eq!(
+            pool.idle_bytes(),
+            2 << 20,
+            "kept up to the limit, the rest unmapped"
+        );
     }
 }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use tierfs_fuse::FileIdentity;
 
 use crate::chunk::ChunkLayout;
-use crate::chunk_buffer::ChunkBuffer;
+use crate::chunk_buffer::BufferPool;
 use crate::chunk_file::{self, disk_free, punch_hole, read_exact_at};
 use crate::chunk_index::{ChunkIndex, ChunkKey, ChunkRecord, FileId};
 use crate::chunk_recency::{ChunkRecency, FileUse};
@@ -23,6 +23,21 @@ use crate::error::FsResult;
 
 pub fn digest(data: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(data)
+}
+
+/// A chunk's [`digest`] taken piece by piece as the chunk arrives.
+#[derive(Default)]
+pub struct DigestStream(xxhash_rust::xxh3::Xxh3);
+
+impl DigestStream {
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The digest of every piece so far, joined.
+    pub fn finish(&self) -> u128 {
+        self.0.digest128()
+    }
 }
 
 pub fn now_secs() -> u64 {
@@ -130,8 +145,9 @@ impl NvmeTier {
         Ok(f)
     }
 
-    /// Reads a chunk if it is on disk and its digest matches. Blocking.
-    pub fn read(&self, key: &ChunkKey) -> FsResult<Option<Bytes>> {
+    /// Reads a chunk if it is on disk and its digest matches, into a buffer
+    /// from `buffers`. Blocking.
+    pub fn read(&self, key: &ChunkKey, buffers: &Arc<BufferPool>) -> FsResult<Option<Bytes>> {
         let Some(record) = self.index.get(key)? else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
@@ -145,7 +161,7 @@ impl NvmeTier {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut buf = ChunkBuffer::with_capacity(record.len as usize)?;
+        let mut buf = buffers.take(record.len as usize)?;
         let offset = key.index * self.chunk_size;
         let valid = match read_exact_at(&file, buf.spare(), offset) {
             Ok(()) => {
@@ -475,6 +491,11 @@ mod tests {
         NvmeTier::open(dir, index, 16, budget, 0, Arc::default()).unwrap()
     }
 
+    /// A read through a pool of the tier's chunk size, as the read path does.
+    fn read(t: &NvmeTier, key: &ChunkKey) -> Option<Bytes> {
+        t.read(key, &BufferPool::new(16, 64)).unwrap()
+    }
+
     fn key(f: u128, index: u64) -> ChunkKey {
         ChunkKey {
             file: FileId(f),
@@ -521,21 +542,39 @@ mod tests {
         assert_eq!(t.used(), 16);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn a_digest_taken_in_pieces_is_the_digest_of_the_whole(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..5000),
+            cuts in proptest::collection::vec(0usize..5000, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+            cuts.sort_unstable();
+            let mut stream = DigestStream::default();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                stream.update(&data[from..cut]);
+                from = cut;
+            }
+            proptest::prop_assert_eq!(stream.finish(), digest(&data));
+        }
+    }
+
     #[test]
     fn write_read_and_heal() {
         let dir = tempfile::tempdir().unwrap();
         let t = tier(dir.path(), 1000);
         let data = b"0123456789abcdef";
         assert!(t.write(&key(1, 2), data, digest(data)).unwrap());
-        assert_eq!(t.read(&key(1, 2)).unwrap().as_deref(), Some(&data[..]));
-        assert_eq!(t.read(&key(1, 0)).unwrap(), None);
+        assert_eq!(read(&t, &key(1, 2)).as_deref(), Some(&data[..]));
+        assert_eq!(read(&t, &key(1, 0)), None);
         // Flip one byte on disk: the read refuses it and forgets the chunk.
         let f = OpenOptions::new()
             .write(true)
             .open(t.data_path(FileId(1)))
             .unwrap();
         chunk_file::write_all_at(&f, b"X", 2 * 16 + 5).unwrap();
-        assert_eq!(t.read(&key(1, 2)).unwrap(), None);
+        assert_eq!(read(&t, &key(1, 2)), None);
         assert_eq!(t.stats.healed.load(Ordering::Relaxed), 1);
         assert_eq!(t.used(), 0);
     }
@@ -549,16 +588,16 @@ mod tests {
                 let d = [i as u8; 16];
                 t.write(&key(7, i), &d, digest(&d)).unwrap();
             }
-            assert!(t.read(&key(7, 0)).unwrap().is_some()); // 0 is now the newest
+            assert!(read(&t, &key(7, 0)).is_some()); // 0 is now the newest
             let d = [9u8; 16];
             t.write(&key(8, 0), &d, digest(&d)).unwrap();
             assert_eq!(t.used(), 48);
-            assert!(t.read(&key(7, 1)).unwrap().is_none(), "oldest evicted");
-            assert!(t.read(&key(7, 0)).unwrap().is_some());
+            assert!(read(&t, &key(7, 1)).is_none(), "oldest evicted");
+            assert!(read(&t, &key(7, 0)).is_some());
         }
         let t = tier(dir.path(), 48);
         assert_eq!(t.used(), 48);
-        assert!(t.read(&key(8, 0)).unwrap().is_some());
+        assert!(read(&t, &key(8, 0)).is_some());
         t.drop_file(FileId(7)).unwrap();
         assert_eq!(t.used(), 16);
         assert!(!t.data_path(FileId(7)).exists());

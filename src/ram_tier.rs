@@ -114,6 +114,15 @@ impl RamTier {
         self.cache.read().get(key)
     }
 
+    /// Drops chunks `indexes` of a file from the cache (never from the held
+    /// set), for a reader that has left them behind for good.
+    pub fn let_go(&self, file: FileId, indexes: std::ops::Range<u64>) {
+        let cache = self.cache.read();
+        for index in indexes {
+            cache.invalidate(&ChunkKey { file, index });
+        }
+    }
+
     pub fn contains(&self, key: &ChunkKey) -> bool {
         self.held_chunks.read().contains_key(key) || self.cache.read().contains_key(key)
     }

@@ -16,11 +16,11 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chunk::ChunkLayout;
-use crate::chunk_buffer::ChunkBuffer;
+use crate::chunk_buffer::BufferPool;
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::error::{FsError, FsResult};
 use crate::metrics::latency_histogram;
-use crate::nvme_tier::{NvmeTier, digest};
+use crate::nvme_tier::{DigestStream, NvmeTier, digest};
 use crate::options::MountOptions;
 use crate::ram_tier::RamTier;
 use prometheus_client::metrics::histogram::Histogram;
@@ -77,6 +77,8 @@ pub struct TieredReader {
     chunk_size: u64,
     fetch_timeout: Duration,
     inflight: Mutex<HashMap<ChunkKey, ChunkFuture>>,
+    /// Memory for whole chunks, reused as chunks leave RAM.
+    buffers: Arc<BufferPool>,
     /// Bytes of chunks in flight (fetching, or on their way to NVMe).
     memory: Arc<Semaphore>,
     memory_total: u64,
@@ -109,6 +111,12 @@ impl TieredReader {
             chunk_size: options.chunk_size,
             fetch_timeout: options.fetch_timeout,
             inflight: Mutex::new(HashMap::new()),
+            // Idle buffers are kept up to the in-flight share: what a reader
+            // streaming through a file refills.
+            buffers: BufferPool::new(
+                usize::try_from(options.chunk_size).unwrap_or(usize::MAX),
+                budget.in_flight,
+            ),
             memory: Arc::new(Semaphore::new(budget.in_flight as usize)),
             memory_total: budget.in_flight,
             fetches: Arc::new(Semaphore::new(options.fetch_concurrency as usize)),
@@ -148,6 +156,11 @@ impl TieredReader {
     /// Drops every chunk of a version from the RAM tier, held or not.
     pub fn forget_ram(&self, file: FileId) {
         self.ram.forget(file);
+    }
+
+    /// The memory chunks are read into.
+    pub fn buffer_pool(&self) -> &BufferPool {
+        &self.buffers
     }
 
     pub fn ram(&self) -> &RamTier {
@@ -348,7 +361,8 @@ impl TieredReader {
         permit: OwnedSemaphorePermit,
     ) -> FsResult<Bytes> {
         let nvme = self.nvme.clone();
-        let cached = tokio::task::spawn_blocking(move || nvme.read(&key))
+        let buffers = self.buffers.clone();
+        let cached = tokio::task::spawn_blocking(move || nvme.read(&key, &buffers))
             .await
             .map_err(|e| FsError::Cache(e.to_string()))?;
         match cached {
@@ -360,13 +374,13 @@ impl TieredReader {
             // The near tier failing must not fail the read: the store has the bytes.
             Err(e) => tracing::warn!("NVMe tier read failed, fetching from the store: {e}"),
         }
-        let bytes = self.fetch(file, key.index, len).await?;
+        let (bytes, chunk_digest) = self.fetch(file, key.index, len).await?;
         self.ram.insert(key, bytes.clone());
         let copy = bytes.clone();
         let this = self.clone();
         *self.nvme_pending.lock().entry(key.file).or_default() += 1;
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = this.nvme.write(&key, &copy, digest(&copy)) {
+            if let Err(e) = this.nvme.write(&key, &copy, chunk_digest) {
                 tracing::warn!("could not keep chunk on NVMe: {e}");
             }
             this.nvme_write_done(key.file);
@@ -435,7 +449,8 @@ impl TieredReader {
         }
     }
 
-    async fn fetch(&self, file: &FileVersion, index: u64, len: u64) -> FsResult<Bytes> {
+    /// A chunk from the store, and its digest.
+    async fn fetch(&self, file: &FileVersion, index: u64, len: u64) -> FsResult<(Bytes, u128)> {
         let start = index * self.chunk_size;
         let options = GetOptions {
             range: Some(GetRange::Bounded(start..start + len)),
@@ -466,18 +481,21 @@ impl TieredReader {
                     source: format!("the object is at ETag {got}, not {want}").into(),
                 }));
             }
-            // Into a buffer of the chunk's size, faulted in with one call.
-            let mut buffer = ChunkBuffer::with_capacity(len as usize)?;
+            // Into a buffer of the chunk's size, faulted in already. The digest is
+            // taken piece by piece, while each piece is still in the CPU's cache.
+            let mut buffer = self.buffers.take(len as usize)?;
+            let mut hasher = DigestStream::default();
             let mut body = result.into_stream();
             while let Some(piece) = body.next().await {
                 let piece = piece.map_err(FsError::from_store)?;
                 if buffer.extend_from_slice(&piece).is_err() {
                     return Err(too_long("more".into()));
                 }
+                hasher.update(&piece);
             }
-            Ok(buffer.freeze())
+            Ok((buffer.freeze(), hasher.finish()))
         };
-        let bytes = tokio::time::timeout(self.fetch_timeout, get)
+        let (bytes, chunk_digest) = tokio::time::timeout(self.fetch_timeout, get)
             .await
             .map_err(|_| FsError::Timeout(self.fetch_timeout))??;
         if bytes.len() as u64 != len {
@@ -486,7 +504,7 @@ impl TieredReader {
         self.fetch_latency.observe(started.elapsed().as_secs_f64());
         self.stats.store_fetches.fetch_add(1, Ordering::Relaxed);
         self.stats.store_bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(bytes)
+        Ok((bytes, chunk_digest))
     }
 }
 

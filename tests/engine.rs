@@ -349,3 +349,52 @@ async fn no_backing_files_are_offered_once_passthrough_is_unavailable() {
     assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
     core.release(opened.fh);
 }
+
+/// A sequential reader streaming through a file leaves behind chunks that later
+/// opens read from the NVMe copy: they leave the RAM tier, and their memory is
+/// refilled with the chunks fetched next instead of fresh memory being faulted in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streaming_reader_leaves_the_ram_tier_and_refills_its_buffers() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((64 * CHUNK) as usize, 7);
+    std::fs::write(store.path().join("big.bin"), &data).unwrap();
+    std::fs::write(
+        store.path().join("rnd.bin"),
+        random_bytes((8 * CHUNK) as usize, 8),
+    )
+    .unwrap();
+    let core = core_with(store.path(), cache.path(), |o| {
+        o.ram_size = 128 * CHUNK;
+        o.prefetch_max = 4;
+    });
+    let reader = core.reader();
+    let fh = open_path(&core, "big.bin").await;
+    let mut offset = 0;
+    while offset < data.len() as u64 {
+        let got = core.read(fh, offset, CHUNK as u32 / 2).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[offset as usize..(offset + CHUNK / 2) as usize]
+        );
+        offset += CHUNK / 2;
+    }
+    // Room for the whole file, but it holds only what is near the reader's end.
+    assert!(
+        reader.ram_used() <= 32 * CHUNK,
+        "RAM tier kept {} of {} bytes",
+        reader.ram_used(),
+        data.len()
+    );
+    assert!(
+        reader.buffer_pool().reused() > 0,
+        "no chunk buffer was reused"
+    );
+
+    // A random reader's chunks stay.
+    let used = reader.ram_used();
+    let fh = open_path(&core, "rnd.bin").await;
+    for index in [5u64, 1, 7, 3] {
+        core.read(fh, index * CHUNK, 100).await.unwrap();
+    }
+    assert_eq!(reader.ram_used(), used + 4 * CHUNK);
+}

@@ -181,7 +181,9 @@ impl EngineCore {
     /// them from the NVMe copy instead: passthrough is on, those chunks are on
     /// NVMe, and no other handle reads the file through tierfs. Keeping them
     /// would hold the same bytes twice in the page cache until the next open
-    /// drops them, and that open would wait for the drop.
+    /// drops them, and that open would wait for the drop. The same chunks leave
+    /// the RAM tier's cache: nothing would read them there, and their memory
+    /// goes back to the buffer pool for the chunks the reader fetches next.
     pub(super) fn page_cache_left_behind(
         &self,
         open: &OpenFile,
@@ -214,6 +216,7 @@ impl EngineCore {
         {
             return None;
         }
+        self.reader.ram().let_go(file.id, from..end);
         let chunk_size = self.options.chunk_size;
         Some((from * chunk_size, (end - from) * chunk_size))
     }
