@@ -102,6 +102,15 @@ impl BufferPool {
         })
     }
 
+    /// A buffer for at most `capacity` bytes that live briefly (a read joined
+    /// from two chunks): a pooled mapping whenever they fit in one, since nothing
+    /// keeps them long enough for a whole chunk's memory to be wasted.
+    pub fn take_brief(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
+        let mut buffer = self.take(self.size.max(capacity))?;
+        buffer.capacity = capacity;
+        Ok(buffer)
+    }
+
     /// Bytes of idle mappings held for reuse.
     pub fn idle_bytes(&self) -> u64 {
         (self.free.lock().len() * self.size) as u64
@@ -271,10 +280,18 @@ mod tests {
         assert_eq!(pool.idle_bytes(), 0);
 
         // A short last chunk gets memory of its own size, never a pooled chunk.
-        let short = pool.take(4096).unwrap();
-        drop(short);
+        drop(pool.take(4096).unwrap());
         assert_eq!(pool.idle_bytes(), 0);
+        drop(again);
+        // A brief buffer does, and holds no more than asked for.
+        let mut brief = pool.take_brief(4096).unwrap();
+        assert_eq!(pool.reused(), 2);
+        assert!(brief.extend_from_slice(&[1u8; 4097]).is_err());
+        brief.extend_from_slice(&[1u8; 4096]).unwrap();
+        drop(brief);
+        assert_eq!(pool.idle_bytes(), 1 << 20);
 
+        let again = pool.take(1 << 20).unwrap();
         let more: Vec<ChunkBuffer> = (0..3).map(|_| pool.take(1 << 20).unwrap()).collect();
         drop(again);
         drop(more);

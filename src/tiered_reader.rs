@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
@@ -209,9 +209,15 @@ impl TieredReader {
         if let ([slice], [chunk]) = (&slices[..], &chunks[..]) {
             return Ok(chunk.slice(slice.start..slice.start + slice.len));
         }
-        let mut out = BytesMut::with_capacity(slices.iter().map(|s| s.len).sum());
+        // A read across chunks is joined into memory that is already faulted in:
+        // with the kernel's readahead windows unaligned to chunks, a streaming
+        // reader's requests nearly all cross one.
+        let mut out = self
+            .buffers
+            .take_brief(slices.iter().map(|s| s.len).sum())?;
         for (slice, chunk) in slices.iter().zip(&chunks) {
-            out.extend_from_slice(&chunk[slice.start..slice.start + slice.len]);
+            out.extend_from_slice(&chunk[slice.start..slice.start + slice.len])
+                .expect("the slices add up to the buffer's size");
         }
         Ok(out.freeze())
     }
