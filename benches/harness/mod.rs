@@ -32,6 +32,28 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU time this virtual machine's host has taken from it so far (steal time,
+/// summed over its CPUs), in seconds; 0 where the kernel does not report it.
+pub fn steal_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat
+        .lines()
+        .next()
+        .and_then(|cpu| cpu.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / per_second
+}
+
+/// Runs `read` and returns its result with the steal time it saw.
+pub fn with_steal(read: impl FnOnce() -> f64) -> (f64, f64) {
+    let before = steal_seconds();
+    let speed = read();
+    (speed, steal_seconds() - before)
+}
+
 pub fn drop_page_cache() -> bool {
     Command::new("sync").status().ok();
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
