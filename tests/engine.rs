@@ -234,6 +234,21 @@ async fn sequential_readers_get_readahead_and_random_readers_do_not() {
     assert_eq!(stats.store_fetches.load(Ordering::Relaxed), 12 + 5);
 }
 
+/// Reads a whole file front to back in half-chunk reads, checking every byte, and
+/// calls `after_each` after each read.
+async fn read_in_halves(core: &EngineCore, fh: u64, data: &[u8], mut after_each: impl FnMut()) {
+    let mut offset = 0;
+    while offset < data.len() as u64 {
+        let got = core.read(fh, offset, CHUNK as u32 / 2).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[offset as usize..(offset + CHUNK / 2) as usize]
+        );
+        after_each();
+        offset += CHUNK / 2;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readahead_shrinks_to_the_memory_budget() {
     let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -247,22 +262,16 @@ async fn readahead_shrinks_to_the_memory_budget() {
     });
     let reader = core.reader();
     let fh = open_path(&core, "big.bin").await;
-    let mut offset = 0;
     let mut peak_in_flight = 0;
-    while offset < data.len() as u64 {
-        let got = core.read(fh, offset, CHUNK as u32 / 2).await.unwrap();
-        assert_eq!(
-            &got[..],
-            &data[offset as usize..(offset + CHUNK / 2) as usize]
-        );
+    read_in_halves(&core, fh, &data, || {
         peak_in_flight = peak_in_flight.max(reader.in_flight_bytes());
         assert!(
             reader.ram_used() <= 4 * CHUNK,
             "RAM tier over its share: {}",
             reader.ram_used()
         );
-        offset += CHUNK / 2;
-    }
+    })
+    .await;
     assert!(peak_in_flight <= 4 * CHUNK, "in flight: {peak_in_flight}");
     assert!(reader.stats.prefetch_skipped.load(Ordering::Relaxed) > 0);
     assert!(reader.stats.prefetched.load(Ordering::Relaxed) > 0);
@@ -369,15 +378,7 @@ async fn a_streaming_reader_leaves_the_ram_tier_and_refills_its_buffers() {
     });
     let reader = core.reader();
     let fh = open_path(&core, "big.bin").await;
-    let mut offset = 0;
-    while offset < data.len() as u64 {
-        let got = core.read(fh, offset, CHUNK as u32 / 2).await.unwrap();
-        assert_eq!(
-            &got[..],
-            &data[offset as usize..(offset + CHUNK / 2) as usize]
-        );
-        offset += CHUNK / 2;
-    }
+    read_in_halves(&core, fh, &data, || {}).await;
     // Room for the whole file, but it holds only what is near the reader's end.
     assert!(
         reader.ram_used() <= 32 * CHUNK,
