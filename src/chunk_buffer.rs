@@ -103,9 +103,13 @@ impl BufferPool {
     }
 
     /// A buffer for at most `capacity` bytes that live briefly (a read joined
-    /// from two chunks): a pooled mapping whenever they fit in one, since nothing
-    /// keeps them long enough for a whole chunk's memory to be wasted.
+    /// from two chunks): a pooled mapping when they fill a good part of one,
+    /// since nothing keeps them long enough for the rest to be wasted; a few
+    /// pages of their own when they are small.
     pub fn take_brief(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
+        if capacity < self.size / 4 {
+            return ChunkBuffer::with_capacity(capacity);
+        }
         let mut buffer = self.take(self.size.max(capacity))?;
         buffer.capacity = capacity;
         Ok(buffer)
@@ -283,11 +287,18 @@ mod tests {
         drop(pool.take(4096).unwrap());
         assert_eq!(pool.idle_bytes(), 0);
         drop(again);
-        // A brief buffer does, and holds no more than asked for.
-        let mut brief = pool.take_brief(4096).unwrap();
+        // A brief buffer of a good part of a chunk does, and holds no more than
+        // asked for; a small one does not.
+        drop(pool.take_brief(4096).unwrap());
+        assert_eq!(pool.reused(), 1);
+        let mut brief = pool.take_brief(300 << 10).unwrap();
         assert_eq!(pool.reused(), 2);
-        assert!(brief.extend_from_slice(&[1u8; 4097]).is_err());
-        brief.extend_from_slice(&[1u8; 4096]).unwrap();
+        assert!(
+            brief
+                .extend_from_slice(&vec![1u8; (300 << 10) + 1])
+                .is_err()
+        );
+        brief.extend_from_slice(&vec![1u8; 300 << 10]).unwrap();
         drop(brief);
         assert_eq!(pool.idle_bytes(), 1 << 20);
 
