@@ -104,13 +104,13 @@ impl BufferPool {
 
     /// A buffer for at most `capacity` bytes that live briefly (a read joined
     /// from two chunks): a pooled mapping when they fill a good part of one,
-    /// since nothing keeps them long enough for the rest to be wasted; a few
-    /// pages of their own when they are small.
+    /// since nothing keeps them long enough for the rest to be wasted; memory
+    /// of their own size when they are small, or more than a chunk.
     pub fn take_brief(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
-        if capacity < self.size / 4 {
+        if capacity < self.size / 4 || capacity > self.size {
             return ChunkBuffer::with_capacity(capacity);
         }
-        let mut buffer = self.take(self.size.max(capacity))?;
+        let mut buffer = self.take(self.size)?;
         buffer.capacity = capacity;
         Ok(buffer)
     }
