@@ -30,7 +30,7 @@ use crate::nvme_tier::NvmeTier;
 use crate::options::MountOptions;
 use crate::pins::PinTable;
 use crate::placement::{Placement, TierManager};
-use crate::tiered_reader::{FileVersion, TieredReader};
+use crate::tiered_reader::{FileVersion, Prefetch, TieredReader};
 use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
 use tierfs_policy::plan_readahead;
@@ -568,8 +568,18 @@ impl EngineCore {
             }
             open.widest_window
                 .fetch_max(plan.state.window, Ordering::Relaxed);
+            // Up to a window of chunks on their way; those fetched already wait
+            // in RAM and do not count.
+            let mut on_the_way = 0;
             for index in plan.prefetch {
-                self.reader.prefetch(file, index);
+                if on_the_way >= plan.state.window {
+                    break;
+                }
+                match self.reader.prefetch(file, index) {
+                    Prefetch::InRam => {}
+                    Prefetch::OnItsWay => on_the_way += 1,
+                    Prefetch::NoMemory => break,
+                }
             }
             drop_behind = self.page_cache_left_behind(&open, file, plan.state);
         }

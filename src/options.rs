@@ -38,7 +38,7 @@ pub struct MountOptions {
     pub metadata_ttl: Duration,
     pub fetch_timeout: Duration,
     pub fetch_retries: u32,
-    /// Most chunks fetched ahead of one sequential reader.
+    /// Most chunks on their way ahead of one sequential reader.
     pub prefetch_max: u32,
     /// Most ranged GETs in flight at once, demand and readahead together.
     pub fetch_concurrency: u32,

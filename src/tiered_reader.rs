@@ -50,6 +50,17 @@ pub struct ReadStats {
 
 type ChunkFuture = Shared<BoxFuture<'static, FsResult<Bytes>>>;
 
+/// Where a chunk asked for ahead of a reader stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Fetched already: in RAM.
+    InRam,
+    /// Being loaded, by this call or an earlier one.
+    OnItsWay,
+    /// Not started: the memory for chunks in flight is spent.
+    NoMemory,
+}
+
 /// Sizes of the RAM tier and of the memory for chunks in flight; together they
 /// never exceed `ram_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,9 +71,11 @@ pub struct MemoryBudget {
 
 impl MemoryBudget {
     /// Chunks being fetched, read from NVMe or written to it get up to half of
-    /// `ram_size`, at most `fetch_concurrency` chunks; the RAM tier gets the rest.
+    /// `ram_size`, at most twice `fetch_concurrency` chunks; the RAM tier gets the
+    /// rest. Twice: parallel fetches finish together, and their NVMe writes
+    /// (which queue on the cache file) must not hold up the next fetches.
     pub fn split(ram_size: u64, chunk_size: u64, fetch_concurrency: u32) -> MemoryBudget {
-        let in_flight = (chunk_size * fetch_concurrency as u64).min(ram_size / 2);
+        let in_flight = (2 * chunk_size * fetch_concurrency as u64).min(ram_size / 2);
         MemoryBudget {
             ram_tier: ram_size - in_flight,
             in_flight,
@@ -295,13 +308,16 @@ impl TieredReader {
     /// Starts loading a chunk ahead of a reader, unless it is in RAM, already on
     /// its way, or the memory budget is spent: readahead shrinks rather than
     /// allocating past `ram_size`.
-    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileVersion>, index: u64) {
+    pub fn prefetch(self: &Arc<Self>, file: &Arc<FileVersion>, index: u64) -> Prefetch {
         let key = ChunkKey {
             file: file.id,
             index,
         };
-        if self.ram.contains(&key) || self.inflight.lock().contains_key(&key) {
-            return;
+        if self.ram.contains(&key) {
+            return Prefetch::InRam;
+        }
+        if self.inflight.lock().contains_key(&key) {
+            return Prefetch::OnItsWay;
         }
         let len = ChunkLayout::new(self.chunk_size, file.size).chunk_len(index);
         let Ok(permit) = self
@@ -310,11 +326,12 @@ impl TieredReader {
             .try_acquire_many_owned(self.permits_for(len))
         else {
             self.stats.prefetch_skipped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return Prefetch::NoMemory;
         };
         self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
         // The load runs on the runtime; nobody waits for it here.
         drop(self.start_load(file, key, Some(permit)));
+        Prefetch::OnItsWay
     }
 
     /// Joins the load of `key` in flight, or starts one. The load runs on the
@@ -366,11 +383,17 @@ impl TieredReader {
         len: u64,
         permit: OwnedSemaphorePermit,
     ) -> FsResult<Bytes> {
-        let nvme = self.nvme.clone();
-        let buffers = self.buffers.clone();
-        let cached = tokio::task::spawn_blocking(move || nvme.read(&key, &buffers))
-            .await
-            .map_err(|e| FsError::Cache(e.to_string()))?;
+        // A chunk the index does not know goes to the store at once: the hop to a
+        // blocking thread would delay every cold fetch by a scheduling round.
+        let cached = if self.nvme.has(&key) {
+            let nvme = self.nvme.clone();
+            let buffers = self.buffers.clone();
+            tokio::task::spawn_blocking(move || nvme.read(&key, &buffers))
+                .await
+                .map_err(|e| FsError::Cache(e.to_string()))?
+        } else {
+            Ok(None)
+        };
         match cached {
             Ok(Some(bytes)) if bytes.len() as u64 == len => {
                 self.ram.insert(key, bytes.clone());
@@ -564,7 +587,7 @@ mod tests {
         fn the_budget_never_exceeds_ram_size(ram in 0u64..1 << 40, chunk in 1u64..1 << 30, n in 1u32..1024) {
             let b = MemoryBudget::split(ram, chunk, n);
             prop_assert_eq!(b.ram_tier + b.in_flight, ram);
-            prop_assert!(b.in_flight <= chunk * n as u64);
+            prop_assert!(b.in_flight <= 2 * chunk * n as u64);
         }
     }
 }

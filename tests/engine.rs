@@ -277,6 +277,49 @@ async fn readahead_shrinks_to_the_memory_budget() {
     assert!(reader.stats.prefetched.load(Ordering::Relaxed) > 0);
 }
 
+/// Waits until no chunk is being fetched or written to NVMe.
+async fn settle_loads(core: &EngineCore) {
+    for _ in 0..3000 {
+        if core.reader().in_flight_bytes() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "chunks still in flight: {}",
+        core.reader().in_flight_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_fetched_ahead_do_not_count_against_the_window() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((40 * CHUNK) as usize, 8);
+    std::fs::write(store.path().join("big.bin"), &data).unwrap();
+    let core = core_with(store.path(), cache.path(), |o| o.prefetch_max = 4);
+    let reader = core.reader();
+    let fh = open_path(&core, "big.bin").await;
+    let file = core.handle_version(fh).unwrap().id;
+    let in_ram = |index: u64| {
+        reader
+            .ram()
+            .contains(&tierfs::chunk_index::ChunkKey { file, index })
+    };
+    // Whole chunks, front to back, each read's fetches landed before the next:
+    // the window opens at 1 and reaches 4 at the third chunk.
+    for index in 0..=6u64 {
+        let got = core.read(fh, index * CHUNK, CHUNK as u32).await.unwrap();
+        let at = (index * CHUNK) as usize;
+        assert_eq!(&got[..], &data[at..at + CHUNK as usize]);
+        settle_loads(&core).await;
+    }
+    // Chunks that arrived early wait in RAM without holding the window back:
+    // the reader at chunk 6 has fetches up to twice its window ahead, no further.
+    assert!((7..=14).all(in_ram), "chunks 7 to 14 should be in RAM");
+    assert!(!in_ram(15));
+    assert_eq!(reader.stats.store_fetches.load(Ordering::Relaxed), 15);
+}
+
 /// Local copies leave by rule: a file idle past the limit, or a version older than
 /// the age limit, is removed from NVMe and RAM and read again from the store; a
 /// file a handle has open stays.

@@ -3,12 +3,18 @@
 //!
 //! The window starts at one chunk on a read from the start of a file, doubles each
 //! time the reader moves into a new chunk, stops at `max_window`, and closes on a
-//! seek. A read counts as sequential when it starts within the window around the
+//! seek. The window counts chunks on their way, not chunks already fetched: parallel
+//! fetches finish out of order, and a reader waiting for the oldest one would
+//! otherwise leave the store idle behind the ones that arrived early. Fetched
+//! chunks wait in RAM up to twice the window ahead of the reader. A read counts as sequential when it starts within the window around the
 //! last chunk touched: mmap loaders and the kernel's own readahead send
 //! page-sized or readahead-sized requests slightly out of order, and they must not
 //! look like seeks.
 
 use std::ops::Range;
+
+/// How far ahead of the reader, in windows, fetched chunks may wait for it.
+pub const REACH: u64 = 2;
 
 /// What the readahead knows about one open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,7 +31,8 @@ pub struct ReadaheadState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadaheadPlan {
     pub state: ReadaheadState,
-    /// Chunks to fetch ahead, past the ones the read itself needs.
+    /// Chunks that may be fetched ahead, past the ones the read itself needs:
+    /// the first `state.window` of them that are not fetched already.
     pub prefetch: Range<u64>,
     /// The read was a seek that closed the window.
     pub reset: bool,
@@ -65,7 +72,7 @@ pub fn plan_readahead(
         last + 1
     };
     let start = (last + 1).min(chunk_count);
-    let end = (last + 1 + window).min(chunk_count);
+    let end = (last + 1 + REACH * window).min(chunk_count);
     ReadaheadPlan {
         state: ReadaheadState {
             next_chunk,
@@ -113,8 +120,9 @@ mod tests {
         let plans = run(&[(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)], 8);
         let windows: Vec<u64> = plans.iter().map(|p| p.state.window).collect();
         assert_eq!(windows, [1, 2, 4, 8, 8, 8]);
-        assert_eq!(plans[0].prefetch, 1..2);
-        assert_eq!(plans[2].prefetch, 3..7);
+        assert_eq!(plans[0].prefetch, 1..3);
+        assert_eq!(plans[2].prefetch, 3..11);
+        assert_eq!(plans[5].prefetch, 6..22);
     }
 
     #[test]
@@ -163,7 +171,7 @@ mod tests {
                 prop_assert!(plan.state.window <= max);
                 prop_assert!(plan.prefetch.start > last || plan.prefetch.is_empty());
                 prop_assert!(plan.prefetch.end <= 100);
-                prop_assert!(plan.prefetch.end - plan.prefetch.start.min(plan.prefetch.end) <= plan.state.window);
+                prop_assert!(plan.prefetch.end - plan.prefetch.start.min(plan.prefetch.end) <= REACH * plan.state.window);
                 state = plan.state;
             }
         }
