@@ -433,7 +433,7 @@ fn pins_and_statistics_survive_a_restart_and_status_and_metrics_show_them() {
         "TIER",
         "ram",
         "nvme",
-        "28M",
+        "24M",
         "nvme   /keep",
         "(3 reads) /read/often.bin",
     ] {
