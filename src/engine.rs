@@ -30,12 +30,12 @@ use crate::nvme_tier::NvmeTier;
 use crate::options::MountOptions;
 use crate::pins::PinTable;
 use crate::placement::{Placement, TierManager};
-use crate::tiered_reader::{FileVersion, Prefetch, TieredReader};
+use crate::tiered_reader::{FileVersion, TieredReader};
 use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
-use tierfs_policy::plan_readahead;
 
 mod handles;
+mod readahead;
 
 use handles::OpenFile;
 
@@ -547,43 +547,17 @@ impl EngineCore {
         let Some(file) = &open.version else {
             return Err(FsError::BadHandle(fh));
         };
-        let chunk_size = self.options.chunk_size;
-        let end = (offset + size as u64).min(file.size);
-        let mut drop_behind = None;
-        if self.options.prefetch_max > 0 && end > offset {
-            let plan = {
-                let mut state = open.readahead.lock();
-                let plan = plan_readahead(
-                    *state,
-                    offset / chunk_size,
-                    (end - 1) / chunk_size,
-                    file.size.div_ceil(chunk_size),
-                    self.options.prefetch_max as u64,
-                );
-                *state = plan.state;
-                plan
-            };
-            if plan.reset {
-                self.stats.readahead_resets.fetch_add(1, Ordering::Relaxed);
-            }
-            open.widest_window
-                .fetch_max(plan.state.window, Ordering::Relaxed);
-            // Up to a window of chunks on their way; those fetched already wait
-            // in RAM and do not count.
-            let mut on_the_way = 0;
-            for index in plan.prefetch {
-                if on_the_way >= plan.state.window {
-                    break;
-                }
-                match self.reader.prefetch(file, index) {
-                    Prefetch::InRam => {}
-                    Prefetch::OnItsWay => on_the_way += 1,
-                    Prefetch::NoMemory => break,
-                }
-            }
-            drop_behind = self.page_cache_left_behind(&open, file, plan.state);
-        }
-        let data = self.reader.read(file, offset, size as u64).await?;
+        let Some(plan) = self.plan_readahead(&open, file, offset, size) else {
+            let data = self.reader.read(file, offset, size as u64).await?;
+            return Ok(ReadData {
+                data,
+                drop_behind: None,
+            });
+        };
+        let drop_behind = self.page_cache_left_behind(&open, file, plan.state);
+        let data = self
+            .read_keeping_window_full(file, &plan, offset, size)
+            .await?;
         Ok(ReadData { data, drop_behind })
     }
 

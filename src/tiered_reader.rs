@@ -102,6 +102,8 @@ pub struct TieredReader {
     /// Fetched chunks on their way to NVMe, by version, and a wake-up as each lands.
     nvme_pending: Mutex<HashMap<FileId, u64>>,
     nvme_landed: tokio::sync::Notify,
+    /// A wake-up as each load ends, for readers keeping their readahead full.
+    chunk_loaded: tokio::sync::Notify,
     pub stats: ReadStats,
     pub fetch_latency: Histogram,
 }
@@ -136,6 +138,7 @@ impl TieredReader {
             demand_waiting: AtomicU64::new(0),
             nvme_pending: Mutex::new(HashMap::new()),
             nvme_landed: tokio::sync::Notify::new(),
+            chunk_loaded: tokio::sync::Notify::new(),
             stats: ReadStats::default(),
             fetch_latency: latency_histogram(),
         })
@@ -178,6 +181,12 @@ impl TieredReader {
 
     pub fn ram(&self) -> &RamTier {
         &self.ram
+    }
+
+    /// Resolves when the next load of a chunk ends (one that ends after this
+    /// call), whatever its outcome.
+    pub fn chunk_loaded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.chunk_loaded.notified()
     }
 
     /// Readers waiting now for chunks RAM did not have.
@@ -367,6 +376,7 @@ impl TieredReader {
             .await;
             // On every outcome, so that a failed load is retried by the next reader.
             this.inflight.lock().remove(&key);
+            this.chunk_loaded.notify_waiters();
             result
         }
         .boxed()

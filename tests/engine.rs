@@ -14,6 +14,13 @@ use tierfs::options::MountOptions;
 use tierfs::store::{StoreClient, StoreLocation};
 use tierfs_fuse::FileKind;
 
+use futures::stream::BoxStream;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
 const CHUNK: u64 = 64 << 10;
 
 fn options(ttl: Duration) -> MountOptions {
@@ -318,6 +325,138 @@ async fn chunks_fetched_ahead_do_not_count_against_the_window() {
     assert!((7..=14).all(in_ram), "chunks 7 to 14 should be in RAM");
     assert!(!in_ram(15));
     assert_eq!(reader.stats.store_fetches.load(Ordering::Relaxed), 15);
+}
+
+/// A store that holds back the GET of the byte range starting at `held` until a
+/// permit is added: a slow fetch for the reader to wait on while others land.
+#[derive(Debug)]
+struct HeldBackStore {
+    inner: Arc<dyn ObjectStore>,
+    held: u64,
+    gate: tokio::sync::Semaphore,
+}
+
+impl std::fmt::Display for HeldBackStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldBackStore({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for HeldBackStore {
+    async fn put_opts(
+        &self,
+        location: &ObjectPath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &ObjectPath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &ObjectPath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        if matches!(&options.range, Some(GetRange::Bounded(r)) if r.start == self.held) {
+            let _ = self.gate.acquire().await;
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+    ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_landing_while_a_read_waits_make_room_for_the_next() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((40 * CHUNK) as usize, 9);
+    std::fs::write(store.path().join("big.bin"), &data).unwrap();
+    let held = Arc::new(HeldBackStore {
+        inner: StoreClient::local(store.path()).unwrap().objects,
+        held: 3 * CHUNK,
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let mut options = options(Duration::from_secs(60));
+    options.prefetch_max = 4;
+    options.fetch_timeout = Duration::from_secs(60);
+    let core = EngineCore::start(EngineConfig {
+        store: StoreClient {
+            objects: held.clone(),
+            multipart: None,
+            local_root: None,
+        },
+        store_id: "held-back".into(),
+        cache_dir: cache.path().to_path_buf(),
+        options,
+    })
+    .unwrap();
+    let fh = open_path(&core, "big.bin").await;
+    // Chunks 0 to 2 in whole-chunk reads open the window to 4 chunks; chunk 3,
+    // fetched ahead, is held back.
+    for index in 0..3u64 {
+        let got = core.read(fh, index * CHUNK, CHUNK as u32).await.unwrap();
+        let at = (index * CHUNK) as usize;
+        assert_eq!(&got[..], &data[at..at + CHUNK as usize]);
+    }
+    let waiting = {
+        let core = core.clone();
+        tokio::spawn(async move { core.read(fh, 3 * CHUNK, CHUNK as u32).await })
+    };
+    // While the read waits for chunk 3, every chunk that lands makes room for the
+    // next, up to twice the window ahead (chunk 11): all fetched but chunk 3.
+    let fetched = || core.reader().stats.store_fetches.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        if fetched() >= 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fetched(),
+        11,
+        "chunks 0 to 11 but 3 should have been fetched"
+    );
+    assert!(!waiting.is_finished());
+    held.gate.add_permits(1);
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(&got[..], &data[(3 * CHUNK) as usize..(4 * CHUNK) as usize]);
 }
 
 /// Local copies leave by rule: a file idle past the limit, or a version older than
