@@ -3,13 +3,15 @@
 //!
 //! The window starts at one chunk on a read from the start of a file, doubles each
 //! time the reader moves into a new chunk, stops at `max_window`, and closes on a
-//! seek. The window counts chunks on their way, not chunks already fetched: parallel
-//! fetches finish out of order, and a reader waiting for the oldest one would
-//! otherwise leave the store idle behind the ones that arrived early. Fetched
-//! chunks wait in RAM up to twice the window ahead of the reader. A read counts as sequential when it starts within the window around the
-//! last chunk touched: mmap loaders and the kernel's own readahead send
-//! page-sized or readahead-sized requests slightly out of order, and they must not
-//! look like seeks.
+//! seek. The window counts chunks on their way, not chunks already fetched:
+//! parallel fetches finish out of order, and a reader waiting for the oldest one
+//! would otherwise leave the store idle behind the ones that arrived early. Fetched
+//! chunks wait in RAM up to twice the window ahead of the reader.
+//!
+//! A read counts as sequential when it starts within the window around the last
+//! chunk touched: mmap loaders and the kernel's own readahead send page-sized or
+//! readahead-sized requests slightly out of order, and they must not look like
+//! seeks.
 
 use std::ops::Range;
 
