@@ -148,10 +148,31 @@ impl NvmeTier {
     /// Reads a chunk if it is on disk and its digest matches, into a buffer
     /// from `buffers`. Blocking.
     pub fn read(&self, key: &ChunkKey, buffers: &Arc<BufferPool>) -> FsResult<Option<Bytes>> {
-        let Some(record) = self.index.get(key)? else {
+        match self.record(key)? {
+            Some(record) => self.read_recorded(key, record, buffers),
+            None => Ok(None),
+        }
+    }
+
+    /// What the index records of a chunk; a miss when it has no record. An
+    /// index lookup: the caller need not leave the runtime for it, only for
+    /// [`NvmeTier::read_recorded`].
+    pub fn record(&self, key: &ChunkKey) -> FsResult<Option<ChunkRecord>> {
+        let record = self.index.get(key)?;
+        if record.is_none() {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        };
+        }
+        Ok(record)
+    }
+
+    /// Reads a chunk that `record` describes if it is on disk and its digest
+    /// matches, into a buffer from `buffers`. Blocking.
+    pub fn read_recorded(
+        &self,
+        key: &ChunkKey,
+        record: ChunkRecord,
+        buffers: &Arc<BufferPool>,
+    ) -> FsResult<Option<Bytes>> {
         let file = match self.file(key.file, false) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

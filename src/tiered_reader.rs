@@ -395,14 +395,15 @@ impl TieredReader {
     ) -> FsResult<Bytes> {
         // A chunk the index does not know goes to the store at once: the hop to a
         // blocking thread would delay every cold fetch by a scheduling round.
-        let cached = if self.nvme.has(&key) {
-            let nvme = self.nvme.clone();
-            let buffers = self.buffers.clone();
-            tokio::task::spawn_blocking(move || nvme.read(&key, &buffers))
-                .await
-                .map_err(|e| FsError::Cache(e.to_string()))?
-        } else {
-            Ok(None)
+        let cached = match self.nvme.record(&key) {
+            Ok(Some(record)) => {
+                let nvme = self.nvme.clone();
+                let buffers = self.buffers.clone();
+                tokio::task::spawn_blocking(move || nvme.read_recorded(&key, record, &buffers))
+                    .await
+                    .map_err(|e| FsError::Cache(e.to_string()))?
+            }
+            other => other.map(|_| None),
         };
         match cached {
             Ok(Some(bytes)) if bytes.len() as u64 == len => {

@@ -325,6 +325,8 @@ async fn chunks_fetched_ahead_do_not_count_against_the_window() {
     assert!((7..=14).all(in_ram), "chunks 7 to 14 should be in RAM");
     assert!(!in_ram(15));
     assert_eq!(reader.stats.store_fetches.load(Ordering::Relaxed), 15);
+    // Each of them was looked for on NVMe first, and counted as a miss there.
+    assert_eq!(reader.nvme().stats.misses.load(Ordering::Relaxed), 15);
 }
 
 /// A store that holds back the GET of the byte range starting at `held` until a
