@@ -284,6 +284,13 @@ async fn readahead_shrinks_to_the_memory_budget() {
     assert!(reader.stats.prefetched.load(Ordering::Relaxed) > 0);
 }
 
+/// Reads chunk `index` whole and checks every byte.
+async fn read_chunk(core: &EngineCore, fh: u64, data: &[u8], index: u64) {
+    let got = core.read(fh, index * CHUNK, CHUNK as u32).await.unwrap();
+    let at = (index * CHUNK) as usize;
+    assert_eq!(&got[..], &data[at..at + CHUNK as usize]);
+}
+
 /// Waits until no chunk is being fetched or written to NVMe.
 async fn settle_loads(core: &EngineCore) {
     for _ in 0..3000 {
@@ -315,9 +322,7 @@ async fn chunks_fetched_ahead_do_not_count_against_the_window() {
     // Whole chunks, front to back, each read's fetches landed before the next:
     // the window opens at 1 and reaches 4 at the third chunk.
     for index in 0..=6u64 {
-        let got = core.read(fh, index * CHUNK, CHUNK as u32).await.unwrap();
-        let at = (index * CHUNK) as usize;
-        assert_eq!(&got[..], &data[at..at + CHUNK as usize]);
+        read_chunk(&core, fh, &data, index).await;
         settle_loads(&core).await;
     }
     // Chunks that arrived early wait in RAM without holding the window back:
@@ -433,9 +438,7 @@ async fn chunks_landing_while_a_read_waits_make_room_for_the_next() {
     // Chunks 0 to 2 in whole-chunk reads open the window to 4 chunks; chunk 3,
     // fetched ahead, is held back.
     for index in 0..3u64 {
-        let got = core.read(fh, index * CHUNK, CHUNK as u32).await.unwrap();
-        let at = (index * CHUNK) as usize;
-        assert_eq!(&got[..], &data[at..at + CHUNK as usize]);
+        read_chunk(&core, fh, &data, index).await;
     }
     let waiting = {
         let core = core.clone();
