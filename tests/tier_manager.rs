@@ -177,7 +177,7 @@ fn opens_of_a_file_pinned_while_open_share_the_backing_file_in_use() {
     assert!(reader.is_some(), "{}", mount.log());
     let appended = std::fs::OpenOptions::new().append(true).open(&path);
     let errno = appended.as_ref().err().and_then(|e| e.raw_os_error());
-    assert_eq!(errno, Some(libc::ETXTBSY), "{appended:?}");
+    assert_eq!(errno, Some(libc::ETXTBSY), "{appended:?}\n{}", mount.log());
     assert!(read(&path) == data);
     drop(reader);
 }

@@ -461,12 +461,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         reply: ReplyEmpty,
     ) {
         let _span = debug_span!("release", ino = ino.0, fh = fh.0).entered();
-        self.passthrough
-            .table
-            .lock()
-            .unwrap()
-            .by_handle
-            .remove(&fh.0);
+        self.passthrough.release(fh.0);
         let passthrough = self.passthrough.clone();
         self.engine.release(
             ino.0,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use fuser::{BackingId, INodeNo, Notifier};
 
@@ -26,7 +26,7 @@ struct PageCacheDrop {
 #[derive(Default)]
 pub(crate) struct Passthrough {
     pub(crate) enabled: AtomicBool,
-    pub(crate) table: Mutex<BackingTable>,
+    table: Mutex<BackingTable>,
     /// Inodes whose page cache to drop, for the thread that tells the kernel;
     /// set once the session exists.
     page_cache_drops: OnceLock<mpsc::Sender<PageCacheDrop>>,
@@ -120,39 +120,151 @@ impl Passthrough {
             return None;
         }
         let mut table = self.table.lock().unwrap();
-        let live = table
-            .by_inode
-            .get(&ino)
-            .and_then(|(identity, id)| Some((*identity, id.upgrade()?)));
-        let id = match live {
-            Some((identity, id)) if identity == backing.identity => id,
-            // Another file is still passed through: the kernel would refuse a
-            // second backing file. The engine offers the live one, so this is
-            // a close racing this open.
-            Some(_) => return None,
-            None => match register(&backing.file) {
-                Ok(id) => Arc::new(id),
-                Err(e) => {
-                    // Unprivileged mounts cannot register backing files: stop
-                    // offering them, read and write through tierfs.
-                    tracing::info!("FUSE passthrough unavailable ({e}); going through tierfs");
-                    self.enabled.store(false, Ordering::Relaxed);
-                    return None;
-                }
-            },
-        };
-        table
-            .by_inode
-            .insert(ino, (backing.identity, Arc::downgrade(&id)));
-        table.by_handle.insert(fh, id.clone());
-        Some(id)
+        match table.add(ino, fh, backing.identity, || register(&backing.file)) {
+            Ok(Some(id)) => Some(id),
+            Ok(None) => {
+                // The engine offers the file the inode's handles use, and the
+                // table forgets a handle before the engine does: this happens
+                // only if the two disagree. The kernel would refuse a second
+                // backing file.
+                tracing::warn!(
+                    ino,
+                    "another backing file is passed through; going through tierfs"
+                );
+                None
+            }
+            Err(e) => {
+                // Unprivileged mounts cannot register backing files: stop
+                // offering them, read and write through tierfs.
+                tracing::info!("FUSE passthrough unavailable ({e}); going through tierfs");
+                self.enabled.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A handle is released: its inode's backing id is closed with its last
+    /// passthrough handle.
+    pub(crate) fn release(&self, fh: u64) {
+        self.table.lock().unwrap().release(fh);
     }
 }
 
 /// The kernel allows one backing file per inode at a time, so every passthrough
-/// open of an inode shares one backing id; each handle keeps it alive.
-#[derive(Default)]
-pub(crate) struct BackingTable {
-    pub(crate) by_handle: HashMap<u64, Arc<BackingId>>,
-    pub(crate) by_inode: HashMap<u64, (FileIdentity, Weak<BackingId>)>,
+/// open of an inode shares one backing id. An inode's entry lives exactly as
+/// long as its passthrough handles, counted here: a reference to the id that
+/// outlives its handle (a reply still being sent) must not make the inode look
+/// in use to the next open, which the engine may have offered another file.
+pub(crate) struct BackingTable<Id = BackingId> {
+    /// The inode of each passthrough handle.
+    by_handle: HashMap<u64, u64>,
+    by_inode: HashMap<u64, InodeBacking<Id>>,
+}
+
+/// The backing file an inode's passthrough handles share.
+struct InodeBacking<Id> {
+    identity: FileIdentity,
+    id: Arc<Id>,
+    handles: usize,
+}
+
+impl<Id> Default for BackingTable<Id> {
+    fn default() -> Self {
+        BackingTable {
+            by_handle: HashMap::new(),
+            by_inode: HashMap::new(),
+        }
+    }
+}
+
+impl<Id> BackingTable<Id> {
+    /// Counts handle `fh` on `ino`, passed through the file `identity`: the id
+    /// the inode's handles share, or a new one from `register` when it has none.
+    /// None when the inode's handles use another file.
+    fn add(
+        &mut self,
+        ino: u64,
+        fh: u64,
+        identity: FileIdentity,
+        register: impl FnOnce() -> io::Result<Id>,
+    ) -> io::Result<Option<Arc<Id>>> {
+        let id = match self.by_inode.get_mut(&ino) {
+            Some(live) if live.identity == identity => {
+                live.handles += 1;
+                live.id.clone()
+            }
+            Some(_) => return Ok(None),
+            None => {
+                let id = Arc::new(register()?);
+                let live = InodeBacking {
+                    identity,
+                    id: id.clone(),
+                    handles: 1,
+                };
+                self.by_inode.insert(ino, live);
+                id
+            }
+        };
+        self.by_handle.insert(fh, ino);
+        Ok(Some(id))
+    }
+
+    /// Forgets handle `fh`, and its inode's id with the inode's last handle.
+    fn release(&mut self, fh: u64) {
+        let Some(ino) = self.by_handle.remove(&fh) else {
+            return;
+        };
+        if let Some(live) = self.by_inode.get_mut(&ino) {
+            live.handles -= 1;
+            if live.handles == 0 {
+                self.by_inode.remove(&ino);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NVME: FileIdentity = FileIdentity { dev: 1, ino: 10 };
+    const RAM: FileIdentity = FileIdentity { dev: 2, ino: 20 };
+
+    #[test]
+    fn handles_of_one_file_share_its_id_and_other_files_wait_for_them() {
+        let mut table = BackingTable::<u32>::default();
+        let a = table.add(7, 1, NVME, || Ok(100)).unwrap().unwrap();
+        let b = table
+            .add(7, 2, NVME, || panic!("registered twice"))
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(table.add(7, 3, RAM, || Ok(200)).unwrap().is_none());
+        table.release(1);
+        assert!(table.add(7, 3, RAM, || Ok(200)).unwrap().is_none());
+        table.release(2);
+        let c = table.add(7, 3, RAM, || Ok(200)).unwrap().unwrap();
+        assert_eq!(*c, 200);
+        // A refused registration counts no handle.
+        let refused = table.add(8, 4, NVME, || Err(io::Error::other("no")));
+        assert!(refused.is_err());
+        assert!(table.add(8, 5, RAM, || Ok(300)).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_id_still_held_after_its_last_handle_is_released_leaves_the_inode_free() {
+        let mut table = BackingTable::<u32>::default();
+        // The reply that opened handle 1 still holds the id when the handle
+        // is released: the next open may pass through another file.
+        let held = table.add(7, 1, NVME, || Ok(100)).unwrap().unwrap();
+        table.release(1);
+        let next = table.add(7, 2, RAM, || Ok(200)).unwrap();
+        assert_eq!(next.as_deref(), Some(&200));
+        drop(held);
+        // Releasing an unknown or already released handle changes nothing.
+        table.release(1);
+        table.release(99);
+        let shared = table.add(7, 3, RAM, || panic!("registered twice")).unwrap();
+        assert_eq!(shared.as_deref(), Some(&200));
+    }
 }
