@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use tierfs::chunk_buffer::BufferPool;
 use tierfs::chunk_index::{ChunkIndex, ChunkKey, FileId};
-use tierfs::nvme_tier::{NvmeTier, digest};
+use tierfs::digest::digest;
+use tierfs::nvme_tier::NvmeTier;
 
 const CHUNK: u64 = 8 << 20;
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cli_tier;
 pub mod control;
 pub mod control_client;
+pub mod digest;
 pub mod engine;
 pub mod error;
 pub mod fs_engine;

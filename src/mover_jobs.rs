@@ -12,10 +12,11 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::chunk::ChunkLayout;
 use crate::chunk_index::ChunkKey;
+use crate::digest::digest;
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
 use crate::mover::{Job, JobAction, JobClass, TierName};
-use crate::nvme_tier::{digest, now_secs};
+use crate::nvme_tier::now_secs;
 use crate::ram_tier::HoldKind;
 use crate::rate_limit::pace_opt;
 use crate::size::format_size;
