@@ -86,20 +86,7 @@ impl BufferPool {
         if capacity != self.size {
             return ChunkBuffer::with_capacity(capacity);
         }
-        let reused = self.free.lock().pop();
-        let map = match reused {
-            Some(map) => {
-                self.reused.fetch_add(1, Ordering::Relaxed);
-                map
-            }
-            None => Mapping::new(capacity)?,
-        };
-        Ok(ChunkBuffer {
-            map: Some(map),
-            len: 0,
-            capacity,
-            pool: Some(self.clone()),
-        })
+        self.pooled(capacity)
     }
 
     /// A buffer for at most `capacity` bytes that live briefly (a read joined
@@ -110,9 +97,27 @@ impl BufferPool {
         if capacity < self.size / 4 || capacity > self.size {
             return ChunkBuffer::with_capacity(capacity);
         }
-        let mut buffer = self.take(self.size)?;
-        buffer.capacity = capacity;
-        Ok(buffer)
+        self.pooled(capacity)
+    }
+
+    /// A buffer for `capacity` bytes, at most the pool's size, in a pooled
+    /// mapping of the pool's size (reused, or new).
+    fn pooled(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
+        debug_assert!(capacity <= self.size);
+        let reused = self.free.lock().pop();
+        let map = match reused {
+            Some(map) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                map
+            }
+            None => Mapping::new(self.size)?,
+        };
+        Ok(ChunkBuffer {
+            map: Some(map),
+            len: 0,
+            capacity,
+            pool: Some(self.clone()),
+        })
     }
 
     /// Bytes of idle mappings held for reuse.
