@@ -23,9 +23,13 @@ use std::time::Instant;
 
 use common::*;
 use futures::StreamExt;
-use harness::{MB, Row, drop_page_cache, median, paired_ratio, with_steal};
+use harness::{CpuMeter, MB, Row, drop_page_cache, median, paired_ratio, with_steal};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+/// CPU seconds of one cold read by tierfs and one by the raw client, each as
+/// (the store's, the client side's).
+type CpuPair = ((f64, f64), (f64, f64));
 
 /// Reads a whole file sequentially in `bs`-byte reads; MB/s.
 fn read_speed(path: &Path, bs: usize) -> f64 {
@@ -174,23 +178,35 @@ fn main() {
     let mut rss = 0f64;
     // Per run: tierfs's and the raw client's MB/s, and the steal time each saw.
     let mut cold_runs = Vec::new();
+    // Per run: the CPU time each read took of the store and of its client side.
+    let mut cold_cpu: Vec<CpuPair> = Vec::new();
+    let server_pid = server.pid().expect("s3s-fs is running");
+    let this_process = std::process::id();
     for run in 0..runs {
         let raw_read = || {
             cold_start(&backend, "big.bin");
-            with_steal(|| raw_parallel_get(client.as_ref(), "big.bin", size, 16))
+            let store = CpuMeter::start(&[server_pid]);
+            let client_side = CpuMeter::start(&[this_process]);
+            let measured = with_steal(|| raw_parallel_get(client.as_ref(), "big.bin", size, 16));
+            (measured, (store.seconds(), client_side.seconds()))
         };
         let tierfs_read = |rss: &mut f64| {
             let cache = tempfile::tempdir().unwrap();
             let m = Mount::new(&backend, cache.path(), &[]);
             cold_start(&backend, "big.bin");
+            let daemon = daemon_pid(m.dir.path()).expect("the mount's daemon is running");
+            let store = CpuMeter::start(&[server_pid]);
+            // The daemon and the reader, this process.
+            let client_side = CpuMeter::start(&[daemon, this_process]);
             let measured = with_steal(|| read_speed(&m.path("big.bin"), 1 << 20));
+            let cpu = (store.seconds(), client_side.seconds());
             *rss = rss.max(daemon_peak_rss(m.dir.path()).unwrap_or(0.0));
             m.unmount();
-            measured
+            (measured, cpu)
         };
         // Which side reads first alternates, so that neither always gets the
         // host's quieter turn.
-        let (t, r) = if run % 2 == 0 {
+        let ((t, t_cpu), (r, r_cpu)) = if run % 2 == 0 {
             let r = raw_read();
             (tierfs_read(&mut rss), r)
         } else {
@@ -200,6 +216,7 @@ fn main() {
         cold.push(t.0);
         raw.push(r.0);
         cold_runs.push((t, r));
+        cold_cpu.push((t_cpu, r_cpu));
         for (tool, speeds) in peers.iter().zip(peer_speeds.iter_mut()) {
             if let Some(list) = speeds {
                 match peer_cold_read(&backend, tool, scratch.path(), run) {
@@ -214,9 +231,18 @@ fn main() {
         .map(|((t, ts), (r, rs))| format!("{t:.0} / {r:.0} ({ts:.1} / {rs:.1} s)"))
         .collect::<Vec<_>>()
         .join(", ");
+    let gib = size as f64 / (1u64 << 30) as f64;
+    // CPU seconds per GiB, median of the runs, of one part of each pair.
+    let per_gib = |part: fn(&CpuPair) -> f64| median(cold_cpu.iter().map(part).collect()) / gib;
     let cold_detail = format!(
         "Cold sequential read per run, tierfs / raw client MB/s (in brackets, the CPU \
-         time the host took from this VM during each read, its steal time): {cold_detail}."
+         time the host took from this VM during each read, its steal time): {cold_detail}. \
+         CPU seconds per GiB read, medians of the runs: the store {:.2} serving tierfs and \
+         {:.2} serving the raw client; tierfs's daemon and its reader {:.2}, the raw client {:.2}.",
+        per_gib(|(tierfs, _)| tierfs.0),
+        per_gib(|(_, raw)| raw.0),
+        per_gib(|(tierfs, _)| tierfs.1),
+        per_gib(|(_, raw)| raw.1),
     );
     rows.push(Row {
         case: "cold sequential read".into(),

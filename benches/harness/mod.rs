@@ -42,9 +42,45 @@ pub fn steal_seconds() -> f64 {
         .and_then(|cpu| cpu.split_whitespace().nth(8))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
+    ticks / ticks_per_second()
+}
+
+/// The unit of the kernel's CPU time counters.
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks / per_second
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// CPU time (user and system) process `pid` has used so far, in seconds.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime and stime the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / ticks_per_second())
+}
+
+/// CPU seconds used by a set of processes between two points.
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    start: f64,
+}
+
+impl CpuMeter {
+    pub fn start(pids: &[u32]) -> CpuMeter {
+        let pids = pids.to_vec();
+        let start = Self::total(&pids);
+        CpuMeter { pids, start }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        Self::total(&self.pids) - self.start
+    }
+
+    fn total(pids: &[u32]) -> f64 {
+        pids.iter().filter_map(|p| process_cpu_seconds(*p)).sum()
+    }
 }
 
 /// Runs `read` and returns its result with the steal time it saw.

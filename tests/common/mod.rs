@@ -99,6 +99,11 @@ impl S3Server {
         panic!("s3s-fs did not stay up on any port tried");
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Starts the server (again) on the same port and data.
     pub fn restart(&mut self) {
         let child = Command::new(tool("s3s-fs"))
