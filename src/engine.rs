@@ -547,16 +547,12 @@ impl EngineCore {
         let Some(file) = &open.version else {
             return Err(FsError::BadHandle(fh));
         };
-        let Some(plan) = self.plan_readahead(&open, file, offset, size) else {
-            let data = self.reader.read(file, offset, size as u64).await?;
-            return Ok(ReadData {
-                data,
-                drop_behind: None,
-            });
-        };
-        let drop_behind = self.page_cache_left_behind(&open, file, plan.state);
+        let plan = self.plan_readahead(&open, file, offset, size);
+        let drop_behind = plan
+            .as_ref()
+            .and_then(|plan| self.page_cache_left_behind(&open, file, plan.state));
         let data = self
-            .read_keeping_window_full(file, &plan, offset, size)
+            .read_keeping_window_full(file, plan.as_ref(), offset, size)
             .await?;
         Ok(ReadData { data, drop_behind })
     }

@@ -49,17 +49,18 @@ impl EngineCore {
 
     /// Reads a range, keeping the plan's window of chunks on their way while the
     /// read waits: each chunk that lands makes room for the next, so the store
-    /// stays busy while the reader waits for the oldest fetch.
+    /// stays busy while the reader waits for the oldest fetch. Without a plan,
+    /// or with nothing to fetch ahead, just the read.
     pub(super) async fn read_keeping_window_full(
         &self,
         file: &Arc<FileVersion>,
-        plan: &ReadaheadPlan,
+        plan: Option<&ReadaheadPlan>,
         offset: u64,
         size: u32,
     ) -> FsResult<Bytes> {
-        if plan.state.window == 0 || plan.prefetch.is_empty() {
+        let Some(plan) = plan.filter(|p| p.state.window > 0 && !p.prefetch.is_empty()) else {
             return self.reader.read(file, offset, size as u64).await;
-        }
+        };
         self.prefetch_ahead(file, plan);
         let read = self.reader.read(file, offset, size as u64);
         tokio::pin!(read);
