@@ -61,15 +61,19 @@ impl EngineCore {
         let Some(plan) = plan.filter(|p| p.state.window > 0 && !p.prefetch.is_empty()) else {
             return self.reader.read(file, offset, size as u64).await;
         };
-        self.prefetch_ahead(file, plan);
         let read = self.reader.read(file, offset, size as u64);
         tokio::pin!(read);
         loop {
+            // Listening before the walk: a load that ends during it wakes the
+            // next round instead of being missed.
             let loaded = self.reader.chunk_loaded();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            self.prefetch_ahead(file, plan);
             tokio::select! {
                 biased;
                 data = &mut read => return data,
-                _ = loaded => self.prefetch_ahead(file, plan),
+                _ = loaded => {}
             }
         }
     }
