@@ -1,6 +1,7 @@
 //! Positional reads and writes of cache files: reads through io-uring where the
 //! kernel allows it, plain pread where it does not (old kernels, seccomp filters in
-//! containers); writes in pieces small enough for cheap page-cache folios.
+//! containers); writes in pieces small enough for cheap page-cache folios, or
+//! around the page cache (O_DIRECT) where nothing will read them from it.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -12,6 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use io_uring::{IoUring, opcode, types};
 
 static URING_BROKEN: AtomicBool = AtomicBool::new(false);
+static DIRECT_BROKEN: AtomicBool = AtomicBool::new(false);
+
+/// The alignment O_DIRECT asks of buffers, offsets and lengths (a page: every
+/// disk's logical block fits in one).
+const DIRECT_ALIGN: usize = 4096;
 
 thread_local! {
     // One small ring per blocking thread: rings are not shared, so no locking.
@@ -51,6 +57,55 @@ pub fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
         at += piece.len() as u64;
     }
     Ok(())
+}
+
+/// Writes all of `data` at `offset` of the file at `path` (also open as
+/// `file`) without passing through the page cache: the page-aligned part with
+/// O_DIRECT, the rest (an unaligned buffer, offset or tail) through `file`.
+///
+/// For copies that are read back rarely, and then through a page cache of
+/// their own: filling fresh page-cache pages costs more CPU than the copy
+/// itself (on a VM that hands free memory back to its host, a host fault per
+/// page; 0.6 to 1.7 CPU-seconds per GiB here, against 0.05 for O_DIRECT, which
+/// the disk's DMA reads straight from `data`). Falls back to [`write_all_at`]
+/// where the filesystem takes no O_DIRECT (tmpfs).
+pub fn write_uncached_at(
+    path: &std::path::Path,
+    file: &File,
+    data: &[u8],
+    offset: u64,
+) -> io::Result<()> {
+    let aligned = if (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
+        && !DIRECT_BROKEN.load(Ordering::Relaxed)
+    {
+        data.len() / DIRECT_ALIGN * DIRECT_ALIGN
+    } else {
+        0
+    };
+    let mut done = 0;
+    if aligned > 0 {
+        match direct_write(path, &data[..aligned], offset) {
+            Ok(()) => done = aligned,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::info!(
+                    "the cache's filesystem takes no O_DIRECT writes ({e}); writing through the page cache"
+                );
+                DIRECT_BROKEN.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    write_all_at(file, &data[done..], offset + done as u64)
+}
+
+fn direct_write(path: &std::path::Path, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?
+        .write_all_at(data, offset)
 }
 
 enum UringError {
@@ -156,5 +211,45 @@ mod tests {
         let mut back = vec![0u8; big.len()];
         read_exact_at(&f, &mut back, 3).unwrap();
         assert_eq!(back, big);
+    }
+
+    /// `len` bytes starting at a page boundary of `backing` (as the buffer pool
+    /// hands out).
+    fn aligned(backing: &mut Vec<u8>, len: usize, seed: u8) -> &[u8] {
+        backing.resize(len + DIRECT_ALIGN, 0);
+        let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut backing[start..start + len];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i % 251) as u8 ^ seed;
+        }
+        buf
+    }
+
+    #[test]
+    fn uncached_writes_read_back_whole_aligned_or_not() {
+        // On disk (O_DIRECT) and on tmpfs (no O_DIRECT: the page cache), an
+        // aligned buffer with an unaligned tail, and an unaligned buffer.
+        let dirs = [tempfile::tempdir(), tempfile::tempdir_in("/dev/shm")];
+        for dir in dirs.iter().flatten() {
+            let path = dir.path().join("c.data");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap();
+            let (mut one, mut two) = (Vec::new(), Vec::new());
+            let data = aligned(&mut one, 3 * DIRECT_ALIGN + 100, 1);
+            write_uncached_at(&path, &f, data, 8192).unwrap();
+            let odd = aligned(&mut two, 2 * DIRECT_ALIGN + 1, 2);
+            write_uncached_at(&path, &f, &odd[1..], 64 << 10).unwrap();
+            let mut back = vec![0u8; data.len()];
+            read_exact_at(&f, &mut back, 8192).unwrap();
+            assert!(back[..] == data[..]);
+            let mut back = vec![0u8; odd.len() - 1];
+            read_exact_at(&f, &mut back, 64 << 10).unwrap();
+            assert!(back[..] == odd[1..]);
+        }
     }
 }

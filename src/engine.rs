@@ -35,9 +35,11 @@ use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
 
 mod handles;
+mod page_cache;
 mod readahead;
 
 use handles::OpenFile;
+use page_cache::KernelPageCache;
 
 /// The longest an open waits for a version's last NVMe writes, to be served by
 /// passthrough (see [`TieredReader::settle_nvme`]).
@@ -79,6 +81,7 @@ pub struct EngineCore {
     passthrough_unavailable: AtomicBool,
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
+    kernel_cache: KernelPageCache,
     next_fh: AtomicU64,
     kept: KeptVersions,
     manager: TierManager,
@@ -141,6 +144,7 @@ impl EngineCore {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
+            kernel_cache: KernelPageCache::default(),
             io_modes: InodeIoModes::default(),
             passthrough_unavailable: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
@@ -378,14 +382,20 @@ impl EngineCore {
         }
         let version = self.version_of(&node)?;
         self.access.record(&version, crate::nvme_tier::now_secs());
-        if self.passthrough() {
+        let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
+        // Served from the kernel's page cache when it holds the file (see
+        // `KernelPageCache`): nothing to wait for then.
+        let from_page_cache = keep_cache && self.kernel_cache.holds(ino, version.id);
+        if self.passthrough() && !from_page_cache {
             self.reader
                 .settle_nvme(version.id, version.size, NVME_SETTLE)
                 .await;
         }
-        let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
-        let open = OpenFile::new(ino, Some(version.clone()), None, false);
-        let (fh, backing) = self.add_handle(open, |live| self.version_backing(&version, live))?;
+        let mut open = OpenFile::new(ino, Some(version.clone()), None, false);
+        open.from_page_cache = from_page_cache;
+        let (fh, backing) = self.add_handle(open, |live| {
+            self.version_backing(&version, live, !from_page_cache)
+        })?;
         Ok(Opened {
             fh,
             keep_cache,
@@ -547,6 +557,11 @@ impl EngineCore {
         let Some(file) = &open.version else {
             return Err(FsError::BadHandle(fh));
         };
+        if open.from_page_cache {
+            self.kernel_cache.lost(open.ino);
+        } else {
+            self.kernel_cache.filled(open.ino, file.id);
+        }
         let plan = self.plan_readahead(&open, file, offset, size);
         let drop_behind = plan
             .as_ref()

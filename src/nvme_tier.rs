@@ -210,7 +210,11 @@ impl NvmeTier {
         // record points to, never a record that points to missing bytes.
         self.index.delete(key)?;
         let file = self.file(key.file, true)?;
-        chunk_file::write_all_at(&file, data, key.index * self.chunk_size)?;
+        // Around the page cache: readers of this copy either have the bytes in
+        // the page cache of the tierfs file already or come later (see
+        // `chunk_file::write_uncached_at`).
+        let path = self.path_of(key.file);
+        chunk_file::write_uncached_at(&path, &file, data, key.index * self.chunk_size)?;
         let record = ChunkRecord {
             digest: chunk_digest,
             len: data.len() as u32,

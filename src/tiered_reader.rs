@@ -453,9 +453,9 @@ impl TieredReader {
     }
 
     /// Whether a version is, or is about to be once the NVMe writes in flight
-    /// land, whole on NVMe or held whole in RAM.
-    pub fn whole_locally_soon(&self, file: FileId, size: u64) -> bool {
-        self.nvme_outlook(file, size).1 || self.ram.holds_whole(file)
+    /// land, whole on NVMe.
+    pub fn nvme_whole_soon(&self, file: FileId, size: u64) -> bool {
+        self.nvme_outlook(file, size).1
     }
 
     /// Waits, up to `limit`, for the NVMe writes of a version still in flight,

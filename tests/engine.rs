@@ -520,6 +520,39 @@ async fn idle_and_old_copies_are_demoted_and_read_again_from_the_store() {
     assert_eq!(core.reader().nvme().used(), 0);
 }
 
+/// After a cold read, the kernel's page cache holds the file: the close keeps
+/// it, and the next open of the same version is served from it rather than
+/// offered the NVMe copy. A read reaching tierfs through that open shows the
+/// kernel no longer holds it: that close has it dropped, and the next open is
+/// offered the NVMe copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn opens_are_served_from_the_kernel_page_cache_until_a_read_shows_it_gone() {
+    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = random_bytes((3 * CHUNK) as usize, 7);
+    std::fs::write(store.path().join("k.bin"), &data).unwrap();
+    let core = core(store.path(), cache.path(), Duration::from_secs(60));
+    let fh = open_path(&core, "k.bin").await;
+    assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
+    assert!(!core.flush(fh).await.unwrap().drop_page_cache);
+    assert!(!core.release(fh).drop_page_cache);
+    wait_for_nvme(&core, data.len() as u64).await;
+    let ino = core.lookup(ROOT_INO, "k.bin").await.unwrap().ino;
+    let opened = core.open(ino, false, false).await.unwrap();
+    assert!(opened.keep_cache);
+    assert!(opened.backing.is_none(), "offered the NVMe copy");
+    // No read reaches tierfs: the kernel still holds the file.
+    assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
+    core.release(opened.fh);
+    let opened = core.open(ino, false, false).await.unwrap();
+    assert!(opened.backing.is_none(), "offered the NVMe copy");
+    assert!(core.read(opened.fh, CHUNK, 4096).await.unwrap() == data[CHUNK as usize..][..4096]);
+    assert!(core.flush(opened.fh).await.unwrap().drop_page_cache);
+    core.release(opened.fh);
+    let opened = core.open(ino, false, false).await.unwrap();
+    assert!(opened.backing.is_some(), "the NVMe copy was not offered");
+    core.release(opened.fh);
+}
+
 /// Once the kernel is known to take no backing files (no FUSE passthrough, or
 /// no privilege for it), no open is offered one, and no close waits to make
 /// one possible or asks for the page cache to be dropped.
@@ -531,9 +564,12 @@ async fn no_backing_files_are_offered_once_passthrough_is_unavailable() {
     let core = core(store.path(), cache.path(), Duration::from_secs(60));
     let fh = open_path(&core, "p.bin").await;
     assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
-    assert!(core.flush(fh).await.unwrap().drop_page_cache);
     core.release(fh);
     wait_for_nvme(&core, data.len() as u64).await;
+    // A read through an open served from the page cache: the kernel let go of it.
+    let fh = open_path(&core, "p.bin").await;
+    assert!(core.read(fh, 0, 4096).await.unwrap() == data[..4096]);
+    core.release(fh);
     let ino = core.lookup(ROOT_INO, "p.bin").await.unwrap().ino;
     let opened = core.open(ino, false, false).await.unwrap();
     assert!(opened.backing.is_some(), "the NVMe copy was not offered");

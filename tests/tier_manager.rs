@@ -149,11 +149,15 @@ fn opens_of_a_file_pinned_while_open_share_the_backing_file_in_use() {
             .matches(&format!("offering the {from} copy"))
             .count()
     };
-    // Read until an open gets the NVMe copy, and kept open.
+    // Read (and let go of the page cache that serves reopens) until an open
+    // gets the NVMe copy, and kept open.
     let first = open_when_counted(
         &path,
         WAIT,
-        || assert!(read(&path) == data),
+        || {
+            assert!(read(&path) == data);
+            drop_kernel_cache(&path);
+        },
         || offered("NVMe"),
     );
     assert!(first.is_some(), "{}", mount.log());

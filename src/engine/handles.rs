@@ -36,6 +36,9 @@ pub(super) struct OpenFile {
     pub(super) passthrough: AtomicBool,
     /// The chunks below this one had their page cache dropped behind the reader.
     pub(super) dropped_below: AtomicU64,
+    /// Opened to be served from the kernel's page cache, which held the file
+    /// (see `KernelPageCache`): a read that reaches tierfs shows it no longer does.
+    pub(super) from_page_cache: bool,
 }
 
 impl OpenFile {
@@ -54,6 +57,7 @@ impl OpenFile {
             widest_window: AtomicU64::new(0),
             passthrough: AtomicBool::new(false),
             dropped_below: AtomicU64::new(0),
+            from_page_cache: false,
         }
     }
 }
@@ -74,12 +78,13 @@ impl EngineCore {
     }
 
     /// The backing file for a new handle on `version`: the file's memfd when it
-    /// is held whole in RAM, else its NVMe copy when complete, or whichever of
-    /// them is `live` (the one the inode's other handles use).
+    /// is held whole in RAM, else (when `nvme`) its NVMe copy when complete, or
+    /// whichever of them is `live` (the one the inode's other handles use).
     pub(super) fn version_backing(
         &self,
         version: &FileVersion,
         live: Option<FileIdentity>,
+        nvme: bool,
     ) -> FsResult<Option<Backing>> {
         if !self.passthrough() {
             return Ok(None);
@@ -94,6 +99,9 @@ impl EngineCore {
                 tracing::debug!(path = %version.path, "offering the RAM copy as backing file");
                 return Ok(Some(backing));
             }
+        }
+        if !nvme {
+            return Ok(None);
         }
         let layout = ChunkLayout::new(self.options.chunk_size, version.size);
         let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
@@ -179,11 +187,13 @@ impl EngineCore {
     /// Bytes of the kernel's page cache of `open`'s file that its sequential
     /// reader has left behind (see [`page_cache_behind`]), when later opens read
     /// them from the NVMe copy instead: passthrough is on, those chunks are on
-    /// NVMe, and no other handle reads the file through tierfs. Keeping them
-    /// would hold the same bytes twice in the page cache until the next open
-    /// drops them, and that open would wait for the drop. The same chunks leave
-    /// the RAM tier's cache: nothing would read them there, and their memory
-    /// goes back to the buffer pool for the chunks the reader fetches next.
+    /// NVMe, no other handle reads the file through tierfs, and the kernel's
+    /// page cache is not what later opens read (see `KernelPageCache`). Keeping
+    /// them would hold the same bytes twice in the page cache until the next
+    /// open drops them, and that open would wait for the drop. The chunks left
+    /// behind leave the RAM tier's cache either way: nothing would read them
+    /// there, and their memory goes back to the buffer pool for the chunks the
+    /// reader fetches next.
     pub(super) fn page_cache_left_behind(
         &self,
         open: &OpenFile,
@@ -198,14 +208,18 @@ impl EngineCore {
         if behind.is_empty() || !self.io_modes.sole_cached_handle(open.ino) {
             return None;
         }
+        // Kept in the page cache, the chunks need not wait for their NVMe copy
+        // to leave RAM.
+        let kept = self.kernel_cache.holds(open.ino, file.id);
         let nvme = self.reader.nvme();
         let end = behind
             .clone()
             .find(|&index| {
-                !nvme.has(&ChunkKey {
-                    file: file.id,
-                    index,
-                })
+                !kept
+                    && !nvme.has(&ChunkKey {
+                        file: file.id,
+                        index,
+                    })
             })
             .unwrap_or(behind.end);
         if end == from
@@ -217,6 +231,9 @@ impl EngineCore {
             return None;
         }
         self.reader.ram().let_go(file.id, from..end);
+        if kept {
+            return None;
+        }
         let chunk_size = self.options.chunk_size;
         Some((from * chunk_size, (end - from) * chunk_size))
     }
@@ -235,12 +252,15 @@ impl EngineCore {
             return Ok(Flushed::default());
         };
         // A passthrough handle is never the inode's sole cached one.
-        if !self.io_modes.sole_cached_handle(open.ino) || !self.next_open_passes_through(version) {
+        if !self.io_modes.sole_cached_handle(open.ino)
+            || !self.next_open_passes_through(open.ino, version)
+        {
             return Ok(Flushed::default());
         }
         self.reader
             .settle_nvme(version.id, version.size, NVME_SETTLE)
             .await;
+        self.kernel_cache.lost(open.ino);
         Ok(Flushed {
             drop_page_cache: true,
         })
@@ -281,17 +301,23 @@ impl EngineCore {
         }
         // The last handle read through tierfs: the kernel drops the page cache
         // that reads through tierfs filled now rather than in the next open.
-        Released {
-            drop_page_cache: last_on_inode && self.next_open_passes_through(version),
+        let drop_page_cache = last_on_inode && self.next_open_passes_through(open.ino, version);
+        if drop_page_cache {
+            self.kernel_cache.lost(open.ino);
         }
+        Released { drop_page_cache }
     }
 
-    /// Whether the next open of `version` passes through: backing files can be
-    /// had, and the file is (or is about to be, once the NVMe writes in flight
-    /// land) whole on NVMe or in RAM. The page cache that reads through tierfs
-    /// filled is then not read again.
-    fn next_open_passes_through(&self, version: &FileVersion) -> bool {
-        self.passthrough() && self.reader.whole_locally_soon(version.id, version.size)
+    /// Whether the next open of `ino` at `version` passes through: backing
+    /// files can be had, and the file is held whole in RAM, or is (or is about
+    /// to be, once the NVMe writes in flight land) whole on NVMe while the
+    /// kernel's page cache does not hold it. The page cache that reads through
+    /// tierfs filled is then not read again.
+    fn next_open_passes_through(&self, ino: u64, version: &FileVersion) -> bool {
+        self.passthrough()
+            && (self.reader.ram().holds_whole(version.id)
+                || (!self.kernel_cache.holds(ino, version.id)
+                    && self.reader.nvme_whole_soon(version.id, version.size)))
     }
 
     /// The backing file the kernel reads `ino` from, while a handle uses it.

@@ -503,3 +503,38 @@ pub fn open_when_counted(
     });
     opened
 }
+
+/// Polls `done` until it holds; fails the test after 30 seconds.
+pub fn wait_until(done: impl FnMut() -> bool) {
+    assert!(wait_for(Duration::from_secs(30), done), "timed out waiting");
+}
+
+/// Bytes held in the NVMe tier's cache files under `cache`.
+pub fn cached_bytes(cache: &Path) -> u64 {
+    std::fs::read_dir(cache.join("chunks"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    // Allocated bytes: sparse holes do not count.
+                    use std::os::unix::fs::MetadataExt;
+                    e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Has the kernel let go of its page cache of `path`, as memory pressure or
+/// drop_caches would.
+pub fn drop_kernel_cache(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: plain syscall on a descriptor that stays open across it.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(
+        rc,
+        0,
+        "posix_fadvise: {}",
+        std::io::Error::from_raw_os_error(rc)
+    );
+}
