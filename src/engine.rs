@@ -558,7 +558,7 @@ impl EngineCore {
             return Err(FsError::BadHandle(fh));
         };
         if open.from_page_cache {
-            self.kernel_cache.lost(open.ino);
+            self.kernel_cache.missed(open.ino, size.into(), file.size);
         } else {
             self.kernel_cache.filled(open.ino, file.id);
         }

@@ -260,7 +260,7 @@ impl EngineCore {
         self.reader
             .settle_nvme(version.id, version.size, NVME_SETTLE)
             .await;
-        self.kernel_cache.lost(open.ino);
+        self.kernel_cache.forget(open.ino);
         Ok(Flushed {
             drop_page_cache: true,
         })
@@ -303,7 +303,7 @@ impl EngineCore {
         // that reads through tierfs filled now rather than in the next open.
         let drop_page_cache = last_on_inode && self.next_open_passes_through(open.ino, version);
         if drop_page_cache {
-            self.kernel_cache.lost(open.ino);
+            self.kernel_cache.forget(open.ino);
         }
         Released { drop_page_cache }
     }
