@@ -212,16 +212,19 @@ impl EngineCore {
         // to leave RAM.
         let kept = self.kernel_cache.holds(open.ino, file.id);
         let nvme = self.reader.nvme();
-        let end = behind
-            .clone()
-            .find(|&index| {
-                !kept
-                    && !nvme.has(&ChunkKey {
+        let end = if kept {
+            behind.end
+        } else {
+            behind
+                .clone()
+                .find(|&index| {
+                    !nvme.has(&ChunkKey {
                         file: file.id,
                         index,
                     })
-            })
-            .unwrap_or(behind.end);
+                })
+                .unwrap_or(behind.end)
+        };
         if end == from
             || open
                 .dropped_below
