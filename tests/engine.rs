@@ -33,14 +33,37 @@ fn options(ttl: Duration) -> MountOptions {
     }
 }
 
-fn core(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> Arc<EngineCore> {
-    EngineCore::start(EngineConfig {
+fn config(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> EngineConfig {
+    EngineConfig {
         store: StoreClient::local(store_dir).unwrap(),
         store_id: format!("file://{}", store_dir.display()),
         cache_dir: cache.to_path_buf(),
         options: options(ttl),
-    })
-    .unwrap()
+    }
+}
+
+fn core(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> Arc<EngineCore> {
+    EngineCore::start(config(store_dir, cache, ttl)).unwrap()
+}
+
+/// Starts an engine on a cache that an engine dropped just before used. Its
+/// background work (an NVMe write, a mover tick) may still hold the chunk index
+/// for a moment, and the index's lock refuses a second engine until it lets go.
+async fn restarted_core(
+    store_dir: &std::path::Path,
+    cache: &std::path::Path,
+    ttl: Duration,
+) -> Arc<EngineCore> {
+    for _ in 0..500 {
+        match EngineCore::start(config(store_dir, cache, ttl)) {
+            Ok(core) => return core,
+            Err(e) if e.to_string().contains("LOCK") => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    }
+    panic!("the dropped engine never let go of the chunk index");
 }
 
 async fn open_path(core: &EngineCore, path: &str) -> u64 {
@@ -136,7 +159,7 @@ async fn the_cache_survives_a_restart_and_drops_changed_objects() {
     }
     // A restarted engine serves every chunk from NVMe: no fetch reaches the store.
 
-    let second = core(store.path(), cache.path(), Duration::ZERO);
+    let second = restarted_core(store.path(), cache.path(), Duration::ZERO).await;
     let old_fh = open_path(&second, "w.bin").await;
     assert_eq!(
         &second.read(old_fh, 0, data.len() as u32).await.unwrap()[..],
@@ -196,15 +219,9 @@ fn core_with(
     cache: &std::path::Path,
     tune: impl FnOnce(&mut MountOptions),
 ) -> Arc<EngineCore> {
-    let mut options = options(Duration::from_secs(60));
-    tune(&mut options);
-    EngineCore::start(EngineConfig {
-        store: StoreClient::local(store_dir).unwrap(),
-        store_id: format!("file://{}", store_dir.display()),
-        cache_dir: cache.to_path_buf(),
-        options,
-    })
-    .unwrap()
+    let mut config = config(store_dir, cache, Duration::from_secs(60));
+    tune(&mut config.options);
+    EngineCore::start(config).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
