@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -18,7 +17,7 @@ use crate::uploader::Uploader;
 use crate::write_path::WriteSide;
 use crate::write_registry::WriteRegistry;
 use parking_lot::Mutex;
-use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, ReadData, StatFs};
+use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, StatFs};
 
 use crate::access_table::AccessTable;
 use crate::chunk_index::{ChunkIndex, FileId, VersionInfo};
@@ -35,6 +34,7 @@ use crate::version_keeper::KeptVersions;
 use tierfs_policy::PlanConfig;
 
 mod handles;
+mod handover;
 mod page_cache;
 mod readahead;
 
@@ -82,6 +82,8 @@ pub struct EngineCore {
     /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
     last_opened: Mutex<HashMap<u64, FileId>>,
     kernel_cache: KernelPageCache,
+    /// The mounted kernel's notices, once there is one.
+    kernel: std::sync::OnceLock<Arc<dyn tierfs_fuse::KernelNotices>>,
     next_fh: AtomicU64,
     kept: KeptVersions,
     manager: TierManager,
@@ -145,6 +147,7 @@ impl EngineCore {
             dirs: Mutex::new(HashMap::new()),
             last_opened: Mutex::new(HashMap::new()),
             kernel_cache: KernelPageCache::default(),
+            kernel: std::sync::OnceLock::new(),
             io_modes: InodeIoModes::default(),
             passthrough_unavailable: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
@@ -385,7 +388,7 @@ impl EngineCore {
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         // Served from the kernel's page cache when it holds the file (see
         // `KernelPageCache`): nothing to wait for then.
-        let from_page_cache = keep_cache && self.kernel_cache.holds(ino, version.id);
+        let from_page_cache = self.kernel_cache.opened(ino, version.id) && keep_cache;
         if self.passthrough() && !from_page_cache {
             self.reader
                 .settle_nvme(version.id, version.size, NVME_SETTLE)
@@ -533,43 +536,6 @@ impl EngineCore {
             size,
             etag,
         }))
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        Ok(self.kernel_read(fh, offset, size).await?.data)
-    }
-
-    /// A read for the kernel: the bytes, and what it may drop of its page cache.
-    pub async fn kernel_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
-        let open = self.handle(fh)?;
-        if let Some(staged) = &open.staged {
-            let staged = staged.clone();
-            let data = tokio::task::spawn_blocking(move || {
-                crate::staging::read_at(&staged.file, offset, size as u64)
-            })
-            .await
-            .map_err(|e| FsError::Cache(e.to_string()))??;
-            return Ok(ReadData {
-                data: Bytes::from(data),
-                drop_behind: None,
-            });
-        }
-        let Some(file) = &open.version else {
-            return Err(FsError::BadHandle(fh));
-        };
-        if open.from_page_cache {
-            self.kernel_cache.missed(open.ino, size.into(), file.size);
-        } else {
-            self.kernel_cache.filled(open.ino, file.id);
-        }
-        let plan = self.plan_readahead(&open, file, offset, size);
-        let drop_behind = plan
-            .as_ref()
-            .and_then(|plan| self.page_cache_left_behind(&open, file, plan.state));
-        let data = self
-            .read_keeping_window_full(file, plan.as_ref(), offset, size)
-            .await?;
-        Ok(ReadData { data, drop_behind })
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tierfs_fuse::{
-    AttrChange, DirEntry, Entry, Errno, Flushed, FsEngine, OpenMode, Opened, ReadData, Released,
-    Reply, StatFs,
+    AttrChange, DirEntry, Entry, Errno, Flushed, FsEngine, KernelNotices, OpenMode, Opened,
+    ReadData, Released, Reply, StatFs,
 };
 use tracing::Instrument;
 
@@ -89,6 +89,10 @@ fn new_name(name: &OsStr) -> FsResult<String> {
 }
 
 impl FsEngine for Engine {
+    fn attach_kernel(&self, notices: Arc<dyn KernelNotices>) {
+        self.core.attach_kernel(notices);
+    }
+
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
         let name = existing_name(name);
         self.spawn("lookup", reply, |core| async move {

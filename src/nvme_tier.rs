@@ -22,6 +22,8 @@ use crate::chunk_recency::{ChunkRecency, FileUse};
 use crate::digest::digest;
 use crate::error::FsResult;
 
+mod range;
+
 pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -42,6 +44,8 @@ pub struct NvmeStats {
     pub evicted_bytes: AtomicU64,
     pub demoted_bytes: AtomicU64,
     pub skipped_full: AtomicU64,
+    /// Reads of a few pages for a kernel page cache that lost them.
+    pub range_reads: AtomicU64,
 }
 
 pub struct NvmeTier {
@@ -493,7 +497,7 @@ fn remove_unrecorded_files(dir: &Path, recency: &ChunkRecency) {
 mod tests {
     use super::*;
 
-    fn tier(dir: &Path, budget: u64) -> NvmeTier {
+    pub(super) fn tier(dir: &Path, budget: u64) -> NvmeTier {
         let index = Arc::new(ChunkIndex::open(&dir.join("index")).unwrap());
         NvmeTier::open(dir, index, 16, budget, 0, Arc::default()).unwrap()
     }
@@ -503,7 +507,7 @@ mod tests {
         t.read(key, &BufferPool::new(16, 64)).unwrap()
     }
 
-    fn key(f: u128, index: u64) -> ChunkKey {
+    pub(super) fn key(f: u128, index: u64) -> ChunkKey {
         ChunkKey {
             file: FileId(f),
             index,

@@ -73,6 +73,11 @@ pub struct MountOptions {
     pub promote_bandwidth: u64,
     /// A TCP address that serves `/metrics` (the control socket always does).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long after its last close a file read into the kernel's page cache
+    /// through tierfs waits before its NVMe copy takes that place (read into the
+    /// page cache, the tierfs file's pages dropped, later opens passed through);
+    /// zero never.
+    pub page_cache_handover: Duration,
 }
 
 impl Default for MountOptions {
@@ -105,6 +110,7 @@ impl Default for MountOptions {
             pin_bandwidth: 0,
             promote_bandwidth: 0,
             metrics_addr: None,
+            page_cache_handover: Duration::from_secs(2),
         }
     }
 }
@@ -286,6 +292,7 @@ impl MountOptions {
             "dirty_wait" => self.dirty_wait = duration(v)?,
             "idle_demote" => self.idle_demote = duration(v)?,
             "age_demote" => self.age_demote = duration(v)?,
+            "page_cache_handover" => self.page_cache_handover = duration(v)?,
             "pin_bandwidth" => self.pin_bandwidth = size(v)?,
             "promote_bandwidth" => self.promote_bandwidth = size(v)?,
             "metrics_addr" => {
@@ -327,6 +334,10 @@ impl MountOptions {
             format!("dirty_wait={}", format_duration(self.dirty_wait)),
             format!("idle_demote={}", format_duration(self.idle_demote)),
             format!("age_demote={}", format_duration(self.age_demote)),
+            format!(
+                "page_cache_handover={}",
+                format_duration(self.page_cache_handover)
+            ),
             format!("pin_bandwidth={}", format_size(self.pin_bandwidth)),
             format!("promote_bandwidth={}", format_size(self.promote_bandwidth)),
         ];
@@ -510,6 +521,7 @@ mod tests {
                         age_demote: Duration::from_millis(demote.1),
                         pin_bandwidth: demote.2,
                         promote_bandwidth: demote.3,
+                        page_cache_handover: Duration::from_millis(times.0 / 3),
                         metrics_addr: demote
                             .4
                             .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),

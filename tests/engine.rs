@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::engine_kit::{
+    CHUNK, core, core_with, open_path, options, restarted_core, wait_for_nvme,
+};
 use common::random_bytes;
 use tierfs::engine::{EngineConfig, EngineCore};
 use tierfs::namespace::ROOT_INO;
-use tierfs::options::MountOptions;
 use tierfs::store::{StoreClient, StoreLocation};
 use tierfs_fuse::FileKind;
 
@@ -20,76 +22,6 @@ use object_store::{
     CopyOptions, GetOptions, GetRange, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
-
-const CHUNK: u64 = 64 << 10;
-
-fn options(ttl: Duration) -> MountOptions {
-    MountOptions {
-        chunk_size: CHUNK,
-        metadata_ttl: ttl,
-        fetch_timeout: Duration::from_secs(2),
-        fetch_retries: 0,
-        ..MountOptions::default()
-    }
-}
-
-fn config(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> EngineConfig {
-    EngineConfig {
-        store: StoreClient::local(store_dir).unwrap(),
-        store_id: format!("file://{}", store_dir.display()),
-        cache_dir: cache.to_path_buf(),
-        options: options(ttl),
-    }
-}
-
-fn core(store_dir: &std::path::Path, cache: &std::path::Path, ttl: Duration) -> Arc<EngineCore> {
-    EngineCore::start(config(store_dir, cache, ttl)).unwrap()
-}
-
-/// Starts an engine on a cache that an engine dropped just before used. Its
-/// background work (an NVMe write, a mover tick) may still hold the chunk index
-/// for a moment, and the index's lock refuses a second engine until it lets go.
-async fn restarted_core(
-    store_dir: &std::path::Path,
-    cache: &std::path::Path,
-    ttl: Duration,
-) -> Arc<EngineCore> {
-    for _ in 0..500 {
-        match EngineCore::start(config(store_dir, cache, ttl)) {
-            Ok(core) => return core,
-            Err(e) if e.to_string().contains("LOCK") => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("restart: {e}"),
-        }
-    }
-    panic!("the dropped engine never let go of the chunk index");
-}
-
-async fn open_path(core: &EngineCore, path: &str) -> u64 {
-    let mut ino = ROOT_INO;
-    for part in path.split('/') {
-        ino = core
-            .lookup(ino, part)
-            .await
-            .unwrap_or_else(|e| panic!("lookup {part} in {path}: {e}"))
-            .ino;
-    }
-    core.open(ino, false, false).await.unwrap().fh
-}
-
-async fn wait_for_nvme(core: &EngineCore, bytes: u64) {
-    for _ in 0..500 {
-        if core.reader().nvme().used() >= bytes {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!(
-        "NVMe tier holds {} bytes, expected {bytes}",
-        core.reader().nvme().used()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_are_byte_exact_across_chunk_edges() {
@@ -212,16 +144,6 @@ async fn an_unreachable_store_fails_with_eio_instead_of_hanging() {
         .await
         .expect("the lookup hung");
     assert_eq!(result.unwrap_err().errno().0, libc::EIO);
-}
-
-fn core_with(
-    store_dir: &std::path::Path,
-    cache: &std::path::Path,
-    tune: impl FnOnce(&mut MountOptions),
-) -> Arc<EngineCore> {
-    let mut config = config(store_dir, cache, Duration::from_secs(60));
-    tune(&mut config.options);
-    EngineCore::start(config).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -535,75 +457,6 @@ async fn idle_and_old_copies_are_demoted_and_read_again_from_the_store() {
     let freed = core.demote_by_rule(old, now + 2 * 86_400).unwrap();
     assert_eq!(freed, (a.len() + b.len()) as u64);
     assert_eq!(core.reader().nvme().used(), 0);
-}
-
-/// After a cold read, the kernel's page cache holds the file: the close keeps
-/// it, and the next open of the same version is served from it rather than
-/// offered the NVMe copy. Reads reaching tierfs through that open (more than a
-/// stray page) show the kernel no longer holds it: that close has it dropped,
-/// and the next open is offered the NVMe copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn opens_are_served_from_the_kernel_page_cache_until_a_read_shows_it_gone() {
-    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let data = random_bytes((3 * CHUNK) as usize, 7);
-    std::fs::write(store.path().join("k.bin"), &data).unwrap();
-    let core = core(store.path(), cache.path(), Duration::from_secs(60));
-    let fh = open_path(&core, "k.bin").await;
-    assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
-    assert!(!core.flush(fh).await.unwrap().drop_page_cache);
-    assert!(!core.release(fh).drop_page_cache);
-    wait_for_nvme(&core, data.len() as u64).await;
-    let ino = core.lookup(ROOT_INO, "k.bin").await.unwrap().ino;
-    let opened = core.open(ino, false, false).await.unwrap();
-    assert!(opened.keep_cache);
-    assert!(opened.backing.is_none(), "offered the NVMe copy");
-    // No read reaches tierfs: the kernel still holds the file.
-    assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
-    core.release(opened.fh);
-    let opened = core.open(ino, false, false).await.unwrap();
-    assert!(opened.backing.is_none(), "offered the NVMe copy");
-    // A stray page is fetched back; a chunk is more than the kernel lets go
-    // of in passing (an eighth of the file).
-    assert!(core.read(opened.fh, 0, 4096).await.unwrap() == data[..4096]);
-    assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
-    assert!(
-        core.read(opened.fh, CHUNK, CHUNK as u32).await.unwrap()
-            == data[CHUNK as usize..][..CHUNK as usize]
-    );
-    assert!(core.flush(opened.fh).await.unwrap().drop_page_cache);
-    core.release(opened.fh);
-    let opened = core.open(ino, false, false).await.unwrap();
-    assert!(opened.backing.is_some(), "the NVMe copy was not offered");
-    core.release(opened.fh);
-}
-
-/// Once the kernel is known to take no backing files (no FUSE passthrough, or
-/// no privilege for it), no open is offered one, and no close waits to make
-/// one possible or asks for the page cache to be dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_backing_files_are_offered_once_passthrough_is_unavailable() {
-    let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let data = random_bytes((3 * CHUNK) as usize, 6);
-    std::fs::write(store.path().join("p.bin"), &data).unwrap();
-    let core = core(store.path(), cache.path(), Duration::from_secs(60));
-    let fh = open_path(&core, "p.bin").await;
-    assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
-    core.release(fh);
-    wait_for_nvme(&core, data.len() as u64).await;
-    // A read through an open served from the page cache: the kernel let go of it.
-    let fh = open_path(&core, "p.bin").await;
-    assert!(core.read(fh, 0, data.len() as u32).await.unwrap() == data);
-    core.release(fh);
-    let ino = core.lookup(ROOT_INO, "p.bin").await.unwrap().ino;
-    let opened = core.open(ino, false, false).await.unwrap();
-    assert!(opened.backing.is_some(), "the NVMe copy was not offered");
-    core.release(opened.fh);
-
-    core.passthrough_unavailable();
-    let opened = core.open(ino, false, false).await.unwrap();
-    assert!(opened.backing.is_none());
-    assert!(!core.flush(opened.fh).await.unwrap().drop_page_cache);
-    core.release(opened.fh);
 }
 
 /// A sequential reader streaming through a file leaves behind chunks that later

@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -13,42 +12,10 @@ use common::*;
 
 const CHUNK: usize = 1 << 20;
 
-/// Which pages of `file`'s first `len` bytes the kernel's page cache holds.
-fn resident_pages(file: &File, len: usize) -> Vec<bool> {
-    let page = 4096;
-    // SAFETY: a fresh read-only shared mapping that nothing reads through; it
-    // only asks mincore(2) which of the file's pages are cached, and is unmapped
-    // before returning.
-    unsafe {
-        let map = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        let mut pages = vec![0u8; len.div_ceil(page)];
-        let rc = libc::mincore(map, len, pages.as_mut_ptr());
-        let err = std::io::Error::last_os_error();
-        libc::munmap(map, len);
-        assert_eq!(rc, 0, "{err}");
-        pages.into_iter().map(|p| p & 1 == 1).collect()
-    }
-}
-
-/// Fails unless the page cache holds at least 90% of `file`'s first `len`
-/// bytes (the kernel may let go of a stray page at any time).
-fn assert_mostly_cached(file: &File, len: usize) {
-    let resident = resident_pages(file, len);
-    let kept = resident.iter().filter(|&&r| r).count();
-    assert!(
-        kept * 10 >= resident.len() * 9,
-        "{kept} of {} pages cached",
-        resident.len()
-    );
-}
+/// The options of these tests' mounts: the page cache is handed over to the
+/// NVMe copy only where a test is about that, so that no handover after a
+/// test's close changes what its next open gets.
+const CHUNKS_NO_HANDOVER: [&str; 2] = ["chunk_size=1M", "page_cache_handover=0"];
 
 fn passthrough_opens(m: &Mount) -> usize {
     m.log().matches("opened with passthrough").count()
@@ -64,7 +31,7 @@ fn files_wholly_on_nvme_are_read_from_the_page_cache_while_it_holds_them_then_pa
     let data = random_bytes(3 * CHUNK + 100, 21);
     backend.put("p/w.bin", &data);
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let m = Mount::new(&backend, cache.path(), &CHUNKS_NO_HANDOVER);
     let path = m.path("p/w.bin");
     assert!(std::fs::read(&path).unwrap() == data);
     wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
@@ -98,7 +65,7 @@ fn files_wholly_on_nvme_are_read_from_the_page_cache_while_it_holds_them_then_pa
     let off = Mount::new(
         &backend,
         cache.path(),
-        &["chunk_size=1M", "passthrough=false"],
+        &[CHUNKS_NO_HANDOVER[0], "passthrough=false"],
     );
     let before = passthrough_opens(&off);
     assert!(std::fs::read(off.path("p/w.bin")).unwrap() == data);
@@ -119,7 +86,11 @@ fn a_close_drops_the_page_cache_only_once_opens_pass_through() {
     for passthrough in [true, false] {
         let cache = tempfile::tempdir().unwrap();
         let option = format!("passthrough={passthrough}");
-        let m = Mount::new(&backend, cache.path(), &["chunk_size=1M", &option]);
+        let m = Mount::new(
+            &backend,
+            cache.path(),
+            &[CHUNKS_NO_HANDOVER[0], CHUNKS_NO_HANDOVER[1], &option],
+        );
         let path = m.path("p/d.bin");
         assert!(std::fs::read(&path).unwrap() == data);
         wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
@@ -141,7 +112,7 @@ fn a_file_held_open_through_tierfs_is_not_switched_to_passthrough() {
     let data = random_bytes(2 * CHUNK, 22);
     backend.put("p/w.bin", &data);
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&backend, cache.path(), &["chunk_size=1M"]);
+    let m = Mount::new(&backend, cache.path(), &CHUNKS_NO_HANDOVER);
     let path = m.path("p/w.bin");
     // This handle reads through tierfs, and stays open while the file completes.
     let first = File::open(&path).unwrap();
@@ -189,7 +160,11 @@ fn a_sequential_reader_leaves_no_page_cache_behind_when_opens_pass_through() {
     for passthrough in [true, false] {
         let cache = tempfile::tempdir().unwrap();
         let option = format!("passthrough={passthrough}");
-        let m = Mount::new(&backend, cache.path(), &["chunk_size=1M", &option]);
+        let m = Mount::new(
+            &backend,
+            cache.path(),
+            &[CHUNKS_NO_HANDOVER[0], CHUNKS_NO_HANDOVER[1], &option],
+        );
         let path = m.path("p/s.bin");
         // The cold read: its page cache is what the next opens read.
         let f = read_whole(&path);
@@ -223,4 +198,37 @@ fn a_sequential_reader_leaves_no_page_cache_behind_when_opens_pass_through() {
         drop(f);
         m.unmount();
     }
+}
+
+/// Left alone after its last close, a file read into the kernel's page cache
+/// through tierfs is handed over to its NVMe copy: the cache file is read into
+/// the page cache, the tierfs file's pages are dropped, and later opens pass
+/// through to the cache file, at the speed of a local file in the page cache.
+#[test]
+fn a_file_left_alone_is_passed_through_to_its_nvme_copy_in_the_page_cache() {
+    let backend = Backend::local();
+    let data = random_bytes(3 * CHUNK + 100, 25);
+    backend.put("p/h.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(
+        &backend,
+        cache.path(),
+        &["chunk_size=1M", "page_cache_handover=300ms"],
+    );
+    let path = m.path("p/h.bin");
+    assert!(std::fs::read(&path).unwrap() == data);
+    wait_until(|| m.log().contains("took over from the page cache"));
+    let cache_file = std::fs::read_dir(cache.path().join("chunks"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "data"))
+        .expect("no cache file");
+    let cache_file = File::open(cache_file.path()).unwrap();
+    assert_mostly_cached(&cache_file, data.len());
+    let f = File::open(&path).unwrap();
+    // Logged once the open's reply is on its way.
+    wait_until(|| passthrough_opens(&m) == 1);
+    let mut back = vec![0u8; data.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == data);
 }

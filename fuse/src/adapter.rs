@@ -78,6 +78,7 @@ pub fn mount<E: FsEngine + Clone>(
     };
     fuse_config.n_threads = Some(config.threads.max(1));
     fuse_config.clone_fd = config.threads > 1;
+    let attached = engine.clone();
     let adapter = FuseAdapter {
         engine,
         max_background: config.max_background,
@@ -86,6 +87,7 @@ pub fn mount<E: FsEngine + Clone>(
     let passthrough = adapter.passthrough.clone();
     let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
     passthrough.start_notices(session.notifier())?;
+    attached.attach_kernel(passthrough);
     Ok(MountedSession { session })
 }
 

@@ -163,8 +163,16 @@ pub struct AttrChange {
     pub mtime: Option<SystemTime>,
 }
 
+/// Notices the engine sends the kernel on its own, outside any request.
+pub trait KernelNotices: Send + Sync {
+    /// Has the kernel drop an inode's page cache, in the background.
+    fn drop_page_cache(&self, ino: u64);
+}
+
 /// The filesystem operations tierfs serves. Inode 1 is the root.
 pub trait FsEngine: Send + Sync + 'static {
+    /// The mount is up: `notices` reach its kernel from now on.
+    fn attach_kernel(&self, notices: Arc<dyn KernelNotices>);
     fn lookup(&self, parent: u64, name: &OsStr, reply: Reply<Entry>);
     fn forget(&self, ino: u64, nlookup: u64);
     fn getattr(&self, ino: u64, reply: Reply<Entry>);

@@ -11,5 +11,5 @@ mod passthrough;
 pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
     Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, Flushed, FsEngine,
-    OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
+    KernelNotices, OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
 };

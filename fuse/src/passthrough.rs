@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use fuser::{BackingId, INodeNo, Notifier};
 
-use crate::engine::{Backing, FileIdentity};
+use crate::engine::{Backing, FileIdentity, KernelNotices};
 
 /// Work for the notice thread once an inode's page cache is dropped.
 type AfterDrop = Box<dyn FnOnce() + Send>;
@@ -220,6 +220,12 @@ impl<Id> BackingTable<Id> {
                 self.by_inode.remove(&ino);
             }
         }
+    }
+}
+
+impl KernelNotices for Passthrough {
+    fn drop_page_cache(&self, ino: u64) {
+        Passthrough::drop_page_cache(self, INodeNo(ino));
     }
 }
 

@@ -307,6 +307,8 @@ impl EngineCore {
         let drop_page_cache = last_on_inode && self.next_open_passes_through(open.ino, version);
         if drop_page_cache {
             self.kernel_cache.forget(open.ino);
+        } else if last_on_inode {
+            self.plan_handover(open.ino, version);
         }
         Released { drop_page_cache }
     }

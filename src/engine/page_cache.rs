@@ -2,10 +2,16 @@
 //! reads through tierfs gave it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::chunk_index::FileId;
+use super::EngineCore;
+use crate::chunk::ChunkLayout;
+use crate::chunk_index::{ChunkKey, FileId};
+use crate::error::{FsError, FsResult};
+use crate::tiered_reader::FileVersion;
 
 /// Inodes whose page cache in the kernel holds what reads through tierfs
 /// filled it with, and the version those reads were of.
@@ -34,6 +40,25 @@ struct Held {
     version: FileId,
     /// Bytes asked for through opens trusted to find them in the page cache.
     missed: u64,
+    /// Opens of the inode so far: a handover planned before one is put off.
+    opens: u64,
+}
+
+impl Held {
+    fn ticket(&self) -> HandoverTicket {
+        HandoverTicket {
+            version: self.version,
+            opens: self.opens,
+        }
+    }
+}
+
+/// What a planned handover of an inode's page cache checks before each step:
+/// that the page cache still holds that version and no open came since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HandoverTicket {
+    version: FileId,
+    opens: u64,
 }
 
 impl KernelPageCache {
@@ -41,7 +66,14 @@ impl KernelPageCache {
     pub(crate) fn filled(&self, ino: u64, version: FileId) {
         let mut holds = self.holds.lock();
         if holds.get(&ino).is_none_or(|h| h.version != version) {
-            holds.insert(ino, Held { version, missed: 0 });
+            holds.insert(
+                ino,
+                Held {
+                    version,
+                    missed: 0,
+                    opens: 0,
+                },
+            );
         }
     }
 
@@ -68,6 +100,79 @@ impl KernelPageCache {
             .lock()
             .get(&ino)
             .is_some_and(|h| h.version == version)
+    }
+
+    /// An open of `ino` at `version`: whether the page cache holds that
+    /// version, so that the open is served from it.
+    pub(crate) fn opened(&self, ino: u64, version: FileId) -> bool {
+        let mut holds = self.holds.lock();
+        let Some(held) = holds.get_mut(&ino) else {
+            return false;
+        };
+        held.opens += 1;
+        held.version == version
+    }
+
+    /// A ticket to hand `ino`'s page cache of `version` over to the NVMe copy
+    /// later; `None` when it does not hold that version.
+    pub(crate) fn handover_ticket(&self, ino: u64, version: FileId) -> Option<HandoverTicket> {
+        let holds = self.holds.lock();
+        holds
+            .get(&ino)
+            .filter(|h| h.version == version)
+            .map(Held::ticket)
+    }
+
+    /// Whether a handover may go on: nothing opened the inode or changed what
+    /// its page cache holds since the ticket was taken.
+    pub(crate) fn ticket_valid(&self, ino: u64, ticket: HandoverTicket) -> bool {
+        self.holds
+            .lock()
+            .get(&ino)
+            .is_some_and(|h| h.ticket() == ticket)
+    }
+
+    /// Ends a handover: the page cache no longer counts as holding the file,
+    /// when the ticket is still valid. Whether it was.
+    pub(crate) fn hand_over(&self, ino: u64, ticket: HandoverTicket) -> bool {
+        let mut holds = self.holds.lock();
+        let valid = holds.get(&ino).is_some_and(|h| h.ticket() == ticket);
+        if valid {
+            holds.remove(&ino);
+        }
+        valid
+    }
+}
+
+impl EngineCore {
+    /// A read through an open trusted to find the file in the kernel's page
+    /// cache: pages it lost, a few at a time. They are read from RAM when their
+    /// chunks are there, else just those bytes from the NVMe copy: a whole
+    /// chunk read, and readahead after it, for every stray page would make a
+    /// warm mmap load wait on the disk for megabytes it has in memory. `None`
+    /// when a chunk they touch is in neither, for the usual read to load.
+    pub(super) async fn read_lost_pages(
+        &self,
+        file: &Arc<FileVersion>,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Option<Bytes>> {
+        let len = u64::from(size).min(file.size.saturating_sub(offset));
+        let layout = ChunkLayout::new(self.options.chunk_size, file.size);
+        let ram = self.reader.ram();
+        let in_ram = layout.slices(offset, len).iter().all(|slice| {
+            ram.contains(&ChunkKey {
+                file: file.id,
+                index: slice.index,
+            })
+        });
+        if in_ram {
+            return self.reader.read(file, offset, len).await.map(Some);
+        }
+        let (reader, id) = (self.reader.clone(), file.id);
+        tokio::task::spawn_blocking(move || reader.nvme().read_checked_range(id, offset, len))
+            .await
+            .map_err(|e| FsError::Cache(e.to_string()))?
     }
 }
 
@@ -96,5 +201,31 @@ mod tests {
         cache.filled(5, FileId(3));
         cache.missed(5, 4096, 80 << 10);
         assert!(!cache.holds(5, FileId(3)), "12 KiB of 80 KiB missed");
+    }
+
+    #[test]
+    fn a_handover_goes_through_only_if_nothing_opened_or_changed_the_file() {
+        let cache = KernelPageCache::default();
+        assert!(cache.handover_ticket(7, FileId(1)).is_none());
+        cache.filled(7, FileId(1));
+        assert!(cache.handover_ticket(7, FileId(2)).is_none());
+        let ticket = cache.handover_ticket(7, FileId(1)).unwrap();
+        assert!(cache.ticket_valid(7, ticket));
+        assert!(cache.opened(7, FileId(1)), "served from the page cache");
+        assert!(!cache.ticket_valid(7, ticket), "an open came since");
+        assert!(!cache.hand_over(7, ticket));
+        assert!(cache.holds(7, FileId(1)));
+
+        let ticket = cache.handover_ticket(7, FileId(1)).unwrap();
+        assert!(cache.hand_over(7, ticket));
+        assert!(!cache.holds(7, FileId(1)), "later opens pass through");
+        assert!(!cache.opened(7, FileId(1)));
+
+        cache.filled(7, FileId(1));
+        let ticket = cache.handover_ticket(7, FileId(1)).unwrap();
+        cache.filled(7, FileId(2));
+        assert!(!cache.hand_over(7, ticket), "another version was read");
+        cache.forget(7);
+        assert!(!cache.ticket_valid(7, ticket));
     }
 }

@@ -1,18 +1,66 @@
-//! Readahead for an open file: the plan for each read, and the chunks fetched
-//! ahead of it while the read waits.
+//! Reads for the kernel, and readahead for an open file: the plan for each
+//! read, and the chunks fetched ahead of it while the read waits.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use tierfs_fuse::ReadData;
 use tierfs_policy::{ReadaheadPlan, plan_readahead};
 
 use super::EngineCore;
 use super::handles::OpenFile;
-use crate::error::FsResult;
+use crate::error::{FsError, FsResult};
 use crate::tiered_reader::{FileVersion, Prefetch};
 
 impl EngineCore {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        Ok(self.kernel_read(fh, offset, size).await?.data)
+    }
+
+    /// A read for the kernel: the bytes, and what it may drop of its page cache.
+    pub async fn kernel_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
+        let open = self.handle(fh)?;
+        if let Some(staged) = &open.staged {
+            let staged = staged.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                crate::staging::read_at(&staged.file, offset, size as u64)
+            })
+            .await
+            .map_err(|e| FsError::Cache(e.to_string()))??;
+            return Ok(ReadData {
+                data: Bytes::from(data),
+                drop_behind: None,
+            });
+        }
+        let Some(file) = &open.version else {
+            return Err(FsError::BadHandle(fh));
+        };
+        if open.from_page_cache {
+            self.kernel_cache.missed(open.ino, size.into(), file.size);
+            // Stray pages while the page cache still counts as holding the
+            // file; a reader streaming through a dropped page cache after that.
+            if self.kernel_cache.holds(open.ino, file.id)
+                && let Some(data) = self.read_lost_pages(file, offset, size).await?
+            {
+                return Ok(ReadData {
+                    data,
+                    drop_behind: None,
+                });
+            }
+        } else {
+            self.kernel_cache.filled(open.ino, file.id);
+        }
+        let plan = self.plan_readahead(&open, file, offset, size);
+        let drop_behind = plan
+            .as_ref()
+            .and_then(|plan| self.page_cache_left_behind(&open, file, plan.state));
+        let data = self
+            .read_keeping_window_full(file, plan.as_ref(), offset, size)
+            .await?;
+        Ok(ReadData { data, drop_behind })
+    }
+
     /// Advances a handle's readahead past a read of `size` bytes at `offset`;
     /// None when readahead is off or the read is empty.
     pub(super) fn plan_readahead(

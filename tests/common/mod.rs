@@ -3,9 +3,12 @@
 //! the `tierfs` binary.
 #![allow(dead_code)]
 
+pub mod engine_kit;
 pub mod proxy;
 
+use std::fs::File;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -527,7 +530,6 @@ pub fn cached_bytes(cache: &Path) -> u64 {
 /// Has the kernel let go of its page cache of `path`, as memory pressure or
 /// drop_caches would.
 pub fn drop_kernel_cache(path: &Path) {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).unwrap();
     // SAFETY: plain syscall on a descriptor that stays open across it.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
@@ -536,5 +538,42 @@ pub fn drop_kernel_cache(path: &Path) {
         0,
         "posix_fadvise: {}",
         std::io::Error::from_raw_os_error(rc)
+    );
+}
+
+/// Which pages of `file`'s first `len` bytes the kernel's page cache holds.
+pub fn resident_pages(file: &File, len: usize) -> Vec<bool> {
+    let page = 4096;
+    // SAFETY: a fresh read-only shared mapping that nothing reads through; it
+    // only asks mincore(2) which of the file's pages are cached, and is unmapped
+    // before returning.
+    unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        let mut pages = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(map, len, pages.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(map, len);
+        assert_eq!(rc, 0, "{err}");
+        pages.into_iter().map(|p| p & 1 == 1).collect()
+    }
+}
+
+/// Fails unless the page cache holds at least 90% of `file`'s first `len`
+/// bytes (the kernel may let go of a stray page at any time).
+pub fn assert_mostly_cached(file: &File, len: usize) {
+    let resident = resident_pages(file, len);
+    let kept = resident.iter().filter(|&&r| r).count();
+    assert!(
+        kept * 10 >= resident.len() * 9,
+        "{kept} of {} pages cached",
+        resident.len()
     );
 }
