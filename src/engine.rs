@@ -84,6 +84,8 @@ pub struct EngineCore {
     kernel_cache: KernelPageCache,
     /// The mounted kernel's notices, once there is one.
     kernel: std::sync::OnceLock<Arc<dyn tierfs_fuse::KernelNotices>>,
+    /// Page cache handovers run one at a time.
+    handovers: tokio::sync::Semaphore,
     next_fh: AtomicU64,
     kept: KeptVersions,
     manager: TierManager,
@@ -148,6 +150,7 @@ impl EngineCore {
             last_opened: Mutex::new(HashMap::new()),
             kernel_cache: KernelPageCache::default(),
             kernel: std::sync::OnceLock::new(),
+            handovers: tokio::sync::Semaphore::new(1),
             io_modes: InodeIoModes::default(),
             passthrough_unavailable: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),

@@ -23,9 +23,11 @@ use super::{EngineCore, NVME_SETTLE};
 use crate::chunk::ChunkLayout;
 use crate::tiered_reader::FileVersion;
 
-/// The cache file is read into the page cache in pieces this big; an open of
-/// the inode between two pieces stops the handover.
-const HANDOVER_PIECE: usize = 8 << 20;
+/// The cache file is read into the page cache in pieces this big, through one
+/// buffer (handovers run one at a time, so that they neither add up in the
+/// daemon's memory nor compete for the disk); an open of the inode between two
+/// pieces stops the handover.
+const HANDOVER_PIECE: usize = 1 << 20;
 
 impl EngineCore {
     /// The mount is up: its kernel takes notices to drop page caches.
@@ -59,7 +61,9 @@ impl EngineCore {
         version: &Arc<FileVersion>,
         ticket: HandoverTicket,
     ) {
-        if !self.kernel_cache.ticket_valid(ino, ticket) {
+        // A file held whole in RAM passes through to its RAM copy instead.
+        if !self.kernel_cache.ticket_valid(ino, ticket) || self.reader.ram().holds_whole(version.id)
+        {
             return;
         }
         self.reader
@@ -74,6 +78,9 @@ impl EngineCore {
                 tracing::debug!(path = %version.path, "no page cache handover: {e}");
                 return;
             }
+        };
+        let Ok(_turn) = self.handovers.acquire().await else {
+            return;
         };
         let (core, size) = (self.clone(), version.size);
         let loaded =
