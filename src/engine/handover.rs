@@ -23,12 +23,6 @@ use super::{EngineCore, NVME_SETTLE};
 use crate::chunk::ChunkLayout;
 use crate::tiered_reader::FileVersion;
 
-/// The cache file is read into the page cache in pieces this big, through one
-/// buffer (handovers run one at a time, so that they neither add up in the
-/// daemon's memory nor compete for the disk); an open of the inode between two
-/// pieces stops the handover.
-const HANDOVER_PIECE: usize = 1 << 20;
-
 impl EngineCore {
     /// The mount is up: its kernel takes notices to drop page caches.
     pub fn attach_kernel(&self, notices: Arc<dyn KernelNotices>) {
@@ -107,8 +101,12 @@ impl EngineCore {
         }
     }
 
-    /// Reads `size` bytes of a cache file through the page cache; false when
-    /// an open of the inode came first.
+    /// Reads `size` bytes of a cache file through the page cache, a chunk at a
+    /// time; false when an open of the inode came first.
+    ///
+    /// The chunks pass through one buffer from the chunk buffer pool: memory
+    /// the daemon has faulted in already, and handovers run one at a time, so
+    /// they add nothing to its footprint.
     fn load_page_cache(
         &self,
         file: &File,
@@ -116,14 +114,15 @@ impl EngineCore {
         ino: u64,
         ticket: HandoverTicket,
     ) -> std::io::Result<bool> {
-        let mut buf = vec![0u8; HANDOVER_PIECE];
+        let piece = self.options.chunk_size as usize;
+        let mut buf = self.reader.buffer_pool().take_brief(piece)?;
         let mut offset = 0;
         while offset < size {
             if !self.kernel_cache.ticket_valid(ino, ticket) {
                 return Ok(false);
             }
-            let n = (size - offset).min(HANDOVER_PIECE as u64) as usize;
-            file.read_exact_at(&mut buf[..n], offset)?;
+            let n = (size - offset).min(piece as u64) as usize;
+            file.read_exact_at(&mut buf.spare()[..n], offset)?;
             offset += n as u64;
         }
         Ok(true)
