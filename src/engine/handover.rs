@@ -10,10 +10,11 @@
 //! read into the page cache, the kernel drops the tierfs file's pages, and
 //! later opens pass through to it. Any open in between puts the handover off
 //! until the next last close: the reader is served from the page cache it
-//! has, and the handover does not compete with it for the disk.
+//! has, and the handover does not compete with it for the disk. Nor does it
+//! with cold reads of other files: it waits while chunks are being fetched.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tierfs_fuse::KernelNotices;
@@ -42,9 +43,18 @@ impl EngineCore {
         };
         let (core, version) = (Arc::downgrade(self), version.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(core) = core.upgrade() {
-                core.hand_over(ino, &version, ticket).await;
+            // Background work: it waits while chunks are being fetched, so as
+            // to take neither disk, CPU nor memory from readers.
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(core) = core.upgrade() else { return };
+                if !core.kernel_cache.ticket_valid(ino, ticket) {
+                    return;
+                }
+                if core.reader.in_flight_bytes() == 0 {
+                    core.hand_over(ino, &version, ticket).await;
+                    return;
+                }
             }
         });
     }
@@ -101,12 +111,12 @@ impl EngineCore {
         }
     }
 
-    /// Reads `size` bytes of a cache file through the page cache, a chunk at a
+    /// Reads `size` bytes of a cache file into the page cache, a chunk at a
     /// time; false when an open of the inode came first.
     ///
-    /// The chunks pass through one buffer from the chunk buffer pool: memory
-    /// the daemon has faulted in already, and handovers run one at a time, so
-    /// they add nothing to its footprint.
+    /// The bytes go to /dev/null by sendfile(2): the kernel reads them into
+    /// the page cache (with its readahead) and copies them nowhere, so the
+    /// handover takes no memory of the daemon's and no copy of its CPU.
     fn load_page_cache(
         &self,
         file: &File,
@@ -114,16 +124,28 @@ impl EngineCore {
         ino: u64,
         ticket: HandoverTicket,
     ) -> std::io::Result<bool> {
+        let null = File::options().write(true).open("/dev/null")?;
         let piece = self.options.chunk_size as usize;
-        let mut buf = self.reader.buffer_pool().take_brief(piece)?;
-        let mut offset = 0;
-        while offset < size {
+        let mut offset: libc::off_t = 0;
+        while (offset as u64) < size {
             if !self.kernel_cache.ticket_valid(ino, ticket) {
                 return Ok(false);
             }
-            let n = (size - offset).min(piece as u64) as usize;
-            file.read_exact_at(&mut buf.spare()[..n], offset)?;
-            offset += n as u64;
+            let want = (size - offset as u64).min(piece as u64) as usize;
+            // SAFETY: both descriptors stay open across the call, and `offset`
+            // is a valid place for the kernel to store the new offset.
+            let sent =
+                unsafe { libc::sendfile(null.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
+            match sent {
+                -1 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                _ => {}
+            }
         }
         Ok(true)
     }
