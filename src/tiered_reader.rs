@@ -176,7 +176,7 @@ impl TieredReader {
     }
 
     /// The memory chunks are read into.
-    pub fn buffer_pool(&self) -> &BufferPool {
+    pub fn buffer_pool(&self) -> &Arc<BufferPool> {
         &self.buffers
     }
 

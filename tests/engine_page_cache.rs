@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::engine_kit::{CHUNK, core, core_with, open_path, range_reads, wait_for_nvme};
-use common::{random_bytes, resident_pages};
+use common::{drop_kernel_cache, random_bytes, resident_pages};
 use parking_lot::Mutex;
 use tierfs::chunk_index::ChunkKey;
 use tierfs::namespace::ROOT_INO;
@@ -130,6 +130,13 @@ async fn a_file_left_alone_hands_its_page_cache_over_to_the_nvme_copy() {
     core.release(fh);
     wait_for_nvme(&core, data.len() as u64).await;
 
+    // Whatever of the cache file the page cache holds now goes, so that the
+    // handover is seen to read it all back.
+    let cache_path = core.cache_file(version);
+    drop_kernel_cache(&cache_path);
+    let cache_file = std::fs::File::open(&cache_path).unwrap();
+    assert!(!resident_pages(&cache_file, data.len()).iter().all(|&r| r));
+
     let ino = core.lookup(ROOT_INO, "h.bin").await.unwrap().ino;
     let opened = core.open(ino, false, false).await.unwrap();
     assert!(opened.backing.is_none(), "offered the NVMe copy");
@@ -147,7 +154,6 @@ async fn a_file_left_alone_hands_its_page_cache_over_to_the_nvme_copy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(*drops.0.lock(), vec![ino]);
-    let cache_file = std::fs::File::open(core.cache_file(version)).unwrap();
     let resident = resident_pages(&cache_file, data.len());
     assert!(
         resident.iter().all(|&r| r),

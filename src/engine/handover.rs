@@ -14,7 +14,7 @@
 //! with cold reads of other files: it waits while chunks are being fetched.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use tierfs_fuse::KernelNotices;
@@ -111,12 +111,12 @@ impl EngineCore {
         }
     }
 
-    /// Reads `size` bytes of a cache file into the page cache, a chunk at a
+    /// Reads `size` bytes of a cache file through the page cache, a chunk at a
     /// time; false when an open of the inode came first.
     ///
-    /// The bytes go to /dev/null by sendfile(2): the kernel reads them into
-    /// the page cache (with its readahead) and copies them nowhere, so the
-    /// handover takes no memory of the daemon's and no copy of its CPU.
+    /// The chunks pass through one buffer from the chunk buffer pool (an idle
+    /// one, faulted in already, once reads have run), and handovers run one at
+    /// a time: they add at most one chunk to the daemon's footprint.
     fn load_page_cache(
         &self,
         file: &File,
@@ -124,28 +124,16 @@ impl EngineCore {
         ino: u64,
         ticket: HandoverTicket,
     ) -> std::io::Result<bool> {
-        let null = File::options().write(true).open("/dev/null")?;
         let piece = self.options.chunk_size as usize;
-        let mut offset: libc::off_t = 0;
-        while (offset as u64) < size {
+        let mut buf = self.reader.buffer_pool().take_brief(piece)?;
+        let mut offset = 0;
+        while offset < size {
             if !self.kernel_cache.ticket_valid(ino, ticket) {
                 return Ok(false);
             }
-            let want = (size - offset as u64).min(piece as u64) as usize;
-            // SAFETY: both descriptors stay open across the call, and `offset`
-            // is a valid place for the kernel to store the new offset.
-            let sent =
-                unsafe { libc::sendfile(null.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
-            match sent {
-                -1 => {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                _ => {}
-            }
+            let n = (size - offset).min(piece as u64) as usize;
+            file.read_exact_at(&mut buf.spare()[..n], offset)?;
+            offset += n as u64;
         }
         Ok(true)
     }
