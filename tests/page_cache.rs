@@ -12,10 +12,17 @@ use common::*;
 
 const CHUNK: usize = 1 << 20;
 
-/// The options of these tests' mounts: the page cache is handed over to the
-/// NVMe copy only where a test is about that, so that no handover after a
-/// test's close changes what its next open gets.
-const CHUNKS_NO_HANDOVER: [&str; 2] = ["chunk_size=1M", "page_cache_handover=0"];
+/// A mount with 1 MiB chunks, passthrough on or off, and no page cache
+/// handover: that is handed over to the NVMe copy only where a test is about
+/// it, so that no handover after a test's close changes what its next open gets.
+fn mount(backend: &Backend, cache: &Path, passthrough: bool) -> Mount {
+    let passthrough = format!("passthrough={passthrough}");
+    Mount::new(
+        backend,
+        cache,
+        &["chunk_size=1M", "page_cache_handover=0", &passthrough],
+    )
+}
 
 fn passthrough_opens(m: &Mount) -> usize {
     m.log().matches("opened with passthrough").count()
@@ -31,7 +38,7 @@ fn files_wholly_on_nvme_are_read_from_the_page_cache_while_it_holds_them_then_pa
     let data = random_bytes(3 * CHUNK + 100, 21);
     backend.put("p/w.bin", &data);
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&backend, cache.path(), &CHUNKS_NO_HANDOVER);
+    let m = mount(&backend, cache.path(), true);
     let path = m.path("p/w.bin");
     assert!(std::fs::read(&path).unwrap() == data);
     wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
@@ -62,11 +69,7 @@ fn files_wholly_on_nvme_are_read_from_the_page_cache_while_it_holds_them_then_pa
     m.unmount();
 
     // With passthrough off, the same file reads the same through tierfs.
-    let off = Mount::new(
-        &backend,
-        cache.path(),
-        &[CHUNKS_NO_HANDOVER[0], "passthrough=false"],
-    );
+    let off = mount(&backend, cache.path(), false);
     let before = passthrough_opens(&off);
     assert!(std::fs::read(off.path("p/w.bin")).unwrap() == data);
     assert_eq!(passthrough_opens(&off), before);
@@ -85,12 +88,7 @@ fn a_close_drops_the_page_cache_only_once_opens_pass_through() {
     backend.put("p/d.bin", &data);
     for passthrough in [true, false] {
         let cache = tempfile::tempdir().unwrap();
-        let option = format!("passthrough={passthrough}");
-        let m = Mount::new(
-            &backend,
-            cache.path(),
-            &[CHUNKS_NO_HANDOVER[0], CHUNKS_NO_HANDOVER[1], &option],
-        );
+        let m = mount(&backend, cache.path(), passthrough);
         let path = m.path("p/d.bin");
         assert!(std::fs::read(&path).unwrap() == data);
         wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
@@ -112,7 +110,7 @@ fn a_file_held_open_through_tierfs_is_not_switched_to_passthrough() {
     let data = random_bytes(2 * CHUNK, 22);
     backend.put("p/w.bin", &data);
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&backend, cache.path(), &CHUNKS_NO_HANDOVER);
+    let m = mount(&backend, cache.path(), true);
     let path = m.path("p/w.bin");
     // This handle reads through tierfs, and stays open while the file completes.
     let first = File::open(&path).unwrap();
@@ -159,12 +157,7 @@ fn a_sequential_reader_leaves_no_page_cache_behind_when_opens_pass_through() {
     };
     for passthrough in [true, false] {
         let cache = tempfile::tempdir().unwrap();
-        let option = format!("passthrough={passthrough}");
-        let m = Mount::new(
-            &backend,
-            cache.path(),
-            &[CHUNKS_NO_HANDOVER[0], CHUNKS_NO_HANDOVER[1], &option],
-        );
+        let m = mount(&backend, cache.path(), passthrough);
         let path = m.path("p/s.bin");
         // The cold read: its page cache is what the next opens read.
         let f = read_whole(&path);

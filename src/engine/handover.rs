@@ -66,10 +66,14 @@ impl EngineCore {
         ticket: HandoverTicket,
     ) {
         // A file held whole in RAM passes through to its RAM copy instead.
-        if !self.kernel_cache.ticket_valid(ino, ticket) || self.reader.ram().holds_whole(version.id)
-        {
+        if self.reader.ram().holds_whole(version.id) {
             return;
         }
+        // The turn first: a handover waiting for it does not keep its file
+        // from eviction meanwhile.
+        let Ok(_turn) = self.handovers.acquire().await else {
+            return;
+        };
         self.reader
             .settle_nvme(version.id, version.size, NVME_SETTLE)
             .await;
@@ -82,9 +86,6 @@ impl EngineCore {
                 tracing::debug!(path = %version.path, "no page cache handover: {e}");
                 return;
             }
-        };
-        let Ok(_turn) = self.handovers.acquire().await else {
-            return;
         };
         let (core, size) = (self.clone(), version.size);
         let loaded =

@@ -78,15 +78,19 @@ impl KernelPageCache {
     }
 
     /// The kernel asked tierfs for `len` bytes of `ino` (of `size` bytes) that
-    /// its page cache was trusted to hold.
-    pub(crate) fn missed(&self, ino: u64, len: u64, size: u64) {
+    /// its page cache was trusted to hold; whether it still counts as holding
+    /// `version` after that.
+    pub(crate) fn missed(&self, ino: u64, version: FileId, len: u64, size: u64) -> bool {
         let mut holds = self.holds.lock();
-        if let Some(held) = holds.get_mut(&ino) {
-            held.missed += len;
-            if held.missed > size / LOST_SHARE {
-                holds.remove(&ino);
-            }
+        let Some(held) = holds.get_mut(&ino) else {
+            return false;
+        };
+        held.missed += len;
+        if held.missed > size / LOST_SHARE {
+            holds.remove(&ino);
+            return false;
         }
+        held.version == version
     }
 
     /// The kernel is about to drop `ino`'s page cache.
@@ -195,11 +199,12 @@ mod tests {
 
         // Stray pages are fetched back; an eighth of the file is not.
         cache.filled(5, FileId(3));
-        cache.missed(5, 4096, 80 << 10);
-        cache.missed(5, 4096, 80 << 10);
+        assert!(cache.missed(5, FileId(3), 4096, 80 << 10));
+        assert!(cache.missed(5, FileId(3), 4096, 80 << 10));
+        assert!(!cache.missed(5, FileId(4), 0, 80 << 10), "another version");
         assert!(cache.holds(5, FileId(3)));
         cache.filled(5, FileId(3));
-        cache.missed(5, 4096, 80 << 10);
+        assert!(!cache.missed(5, FileId(3), 4096, 80 << 10));
         assert!(!cache.holds(5, FileId(3)), "12 KiB of 80 KiB missed");
     }
 

@@ -37,12 +37,12 @@ impl EngineCore {
             return Err(FsError::BadHandle(fh));
         };
         if open.from_page_cache {
-            self.kernel_cache.missed(open.ino, size.into(), file.size);
             // Stray pages while the page cache still counts as holding the
             // file; a reader streaming through a dropped page cache after that.
-            if self.kernel_cache.holds(open.ino, file.id)
-                && let Some(data) = self.read_lost_pages(file, offset, size).await?
-            {
+            let still_held = self
+                .kernel_cache
+                .missed(open.ino, file.id, size.into(), file.size);
+            if still_held && let Some(data) = self.read_lost_pages(file, offset, size).await? {
                 return Ok(ReadData {
                     data,
                     drop_behind: None,
