@@ -45,7 +45,7 @@ fn main() {
     let total = (chunks * CHUNK) as f64 / 1e6;
     // Chunk buffers come from a pool, as on the read path, and `pread` reuses one
     // buffer: neither side pays for fresh memory per chunk.
-    let buffers = BufferPool::new(CHUNK as usize, 2 * CHUNK);
+    let buffers = BufferPool::new(CHUNK as usize, 2 * CHUNK, u64::MAX);
     let mut rows = Vec::new();
     for round in 0..3 {
         let start = Instant::now();

@@ -56,25 +56,34 @@ impl Drop for Mapping {
     }
 }
 
-/// Mappings of one size (a whole chunk) kept for reuse, up to a limit. A pooled
-/// mapping is only ever one that a buffer in use held a moment before, so the
-/// pool never makes the process hold more memory than its busiest moment did;
-/// the limit bounds what it keeps after that moment has passed.
+/// Mappings of one size (a whole chunk) kept for reuse, up to two limits. A
+/// pooled mapping is only ever one that a buffer in use held a moment before, so
+/// the pool never makes the process hold more memory than its busiest moment
+/// did. `max_kept` bounds what it keeps after that moment has passed, and
+/// `max_live` bounds its mappings in use and idle together: an idle mapping is
+/// memory the process holds as surely as one in use, so it is kept only while
+/// the two together stay within the memory budget.
 pub struct BufferPool {
     size: usize,
     max_kept: usize,
+    max_live: u64,
     free: Mutex<Vec<Mapping>>,
+    /// Bytes of the pool's mappings, in use or idle.
+    live: AtomicU64,
     reused: AtomicU64,
 }
 
 impl BufferPool {
-    /// A pool of `size`-byte buffers that keeps at most `max_bytes` of them idle.
-    pub fn new(size: usize, max_bytes: u64) -> Arc<BufferPool> {
-        let max_kept = usize::try_from(max_bytes / size.max(1) as u64).unwrap_or(usize::MAX);
+    /// A pool of `size`-byte buffers that keeps at most `max_idle` bytes of them
+    /// idle, and none once its mappings in use and idle pass `max_live` bytes.
+    pub fn new(size: usize, max_idle: u64, max_live: u64) -> Arc<BufferPool> {
+        let max_kept = usize::try_from(max_idle / size.max(1) as u64).unwrap_or(usize::MAX);
         Arc::new(BufferPool {
             size,
             max_kept,
+            max_live,
             free: Mutex::new(Vec::new()),
+            live: AtomicU64::new(0),
             reused: AtomicU64::new(0),
         })
     }
@@ -94,10 +103,19 @@ impl BufferPool {
     /// since nothing keeps them long enough for the rest to be wasted; memory
     /// of their own size when they are small, or more than a chunk.
     pub fn take_brief(self: &Arc<Self>, capacity: usize) -> io::Result<ChunkBuffer> {
-        if capacity < self.size / 4 || capacity > self.size {
+        if self.brief_footprint(capacity) != self.size {
             return ChunkBuffer::with_capacity(capacity);
         }
         self.pooled(capacity)
+    }
+
+    /// Bytes of memory that [`BufferPool::take_brief`] maps for `capacity` bytes.
+    pub fn brief_footprint(&self, capacity: usize) -> usize {
+        if capacity < self.size / 4 || capacity > self.size {
+            capacity
+        } else {
+            self.size
+        }
     }
 
     /// A buffer for `capacity` bytes, at most the pool's size, in a pooled
@@ -110,7 +128,11 @@ impl BufferPool {
                 self.reused.fetch_add(1, Ordering::Relaxed);
                 map
             }
-            None => Mapping::new(self.size)?,
+            None => {
+                let map = Mapping::new(self.size)?;
+                self.live.fetch_add(self.size as u64, Ordering::Relaxed);
+                map
+            }
         };
         Ok(ChunkBuffer {
             map: Some(map),
@@ -125,6 +147,11 @@ impl BufferPool {
         (self.free.lock().len() * self.size) as u64
     }
 
+    /// Bytes of the pool's mappings, in use or idle.
+    pub fn live_bytes(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
     /// Buffers handed out that reused a mapping.
     pub fn reused(&self) -> u64 {
         self.reused.load(Ordering::Relaxed)
@@ -132,8 +159,11 @@ impl BufferPool {
 
     fn give_back(&self, map: Mapping) {
         let mut free = self.free.lock();
-        if free.len() < self.max_kept {
+        if free.len() < self.max_kept && self.live.load(Ordering::Relaxed) <= self.max_live {
             free.push(map);
+        } else {
+            drop(free);
+            self.live.fetch_sub(self.size as u64, Ordering::Relaxed);
         }
     }
 }
@@ -270,7 +300,7 @@ mod tests {
 
     #[test]
     fn a_pool_reuses_whole_chunk_mappings_and_keeps_no_more_than_its_limit() {
-        let pool = BufferPool::new(1 << 20, 2 << 20);
+        let pool = BufferPool::new(1 << 20, 2 << 20, u64::MAX);
         let mut first = pool.take(1 << 20).unwrap();
         first.extend_from_slice(&[5u8; 100]).unwrap();
         let first = first.freeze();
@@ -316,5 +346,27 @@ mod tests {
             2 << 20,
             "kept up to the limit, the rest unmapped"
         );
+        assert_eq!(pool.live_bytes(), 2 << 20);
+    }
+
+    #[test]
+    fn idle_mappings_are_kept_only_while_the_pool_stays_within_its_memory() {
+        let pool = BufferPool::new(1 << 20, 8 << 20, 3 << 20);
+        let held: Vec<ChunkBuffer> = (0..4).map(|_| pool.take(1 << 20).unwrap()).collect();
+        assert_eq!(pool.live_bytes(), 4 << 20);
+        let mut held = held.into_iter();
+        // Four in use, over the three allowed: the first two returned are unmapped.
+        drop(held.next());
+        assert_eq!((pool.idle_bytes(), pool.live_bytes()), (0, 3 << 20));
+        drop(held.next());
+        assert_eq!((pool.idle_bytes(), pool.live_bytes()), (1 << 20, 3 << 20));
+        drop(held.next());
+        assert_eq!((pool.idle_bytes(), pool.live_bytes()), (2 << 20, 3 << 20));
+        // Taking reuses an idle mapping without growing the pool.
+        let again = pool.take(1 << 20).unwrap();
+        assert_eq!((pool.idle_bytes(), pool.live_bytes()), (1 << 20, 3 << 20));
+        drop(again);
+        drop(held);
+        assert_eq!((pool.idle_bytes(), pool.live_bytes()), (3 << 20, 3 << 20));
     }
 }

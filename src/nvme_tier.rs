@@ -504,7 +504,7 @@ mod tests {
 
     /// A read through a pool of the tier's chunk size, as the read path does.
     fn read(t: &NvmeTier, key: &ChunkKey) -> Option<Bytes> {
-        t.read(key, &BufferPool::new(16, 64)).unwrap()
+        t.read(key, &BufferPool::new(16, 64, u64::MAX)).unwrap()
     }
 
     pub(super) fn key(f: u128, index: u64) -> ChunkKey {

@@ -121,6 +121,7 @@ impl RamTier {
         for index in indexes {
             cache.invalidate(&ChunkKey { file, index });
         }
+        cache.run_pending_tasks();
     }
 
     pub fn contains(&self, key: &ChunkKey) -> bool {
@@ -135,7 +136,13 @@ impl RamTier {
             // Cached before the hold by a reader that raced it.
             self.cache.read().invalidate(&key);
         } else {
-            self.cache.read().insert(key, bytes);
+            // The cache evicts, and lets go of what it evicts or invalidated,
+            // only when its pending work runs: left to moka's own schedule that
+            // is a few hundred milliseconds, in which a streaming reader puts
+            // dozens of chunks past the tier's size.
+            let cache = self.cache.read();
+            cache.insert(key, bytes);
+            cache.run_pending_tasks();
         }
     }
 
@@ -295,6 +302,39 @@ mod tests {
 
     fn chunk(len: usize) -> Bytes {
         Bytes::from(vec![7u8; len])
+    }
+
+    /// A chunk whose memory counts itself in `live` while it exists.
+    fn counted_chunk(len: usize, live: &Arc<std::sync::atomic::AtomicUsize>) -> Bytes {
+        struct Counted(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+        impl AsRef<[u8]> for Counted {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.1.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Bytes::from_owner(Counted(vec![1u8; len], live.clone()))
+    }
+
+    #[test]
+    fn chunks_evicted_or_let_go_give_their_memory_back_at_once() {
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let alive = || live.load(std::sync::atomic::Ordering::SeqCst);
+        let ram = RamTier::new(1000, 100);
+        // A stream of chunks through a tier of ten: ten alive, and the few the
+        // cache evicted last (its lock-free map frees them a moment later), not
+        // ten plus the dozens it has yet to get round to evicting.
+        for i in 0..200 {
+            ram.insert(key(1, i), counted_chunk(100, &live));
+            assert!(alive() <= 13, "{} chunks alive after insert {i}", alive());
+        }
+        ram.let_go(FileId(1), 0..200);
+        assert_eq!(alive(), 0, "chunks let go are dropped, not queued");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::chunk::ChunkLayout;
-use crate::chunk_buffer::BufferPool;
+use crate::chunk_buffer::{BufferPool, ChunkBuffer};
 use crate::chunk_index::{ChunkKey, FileId};
 use crate::digest::{DigestStream, digest};
 use crate::error::{FsError, FsResult};
@@ -84,6 +84,19 @@ impl MemoryBudget {
     }
 }
 
+/// A read joined from two or more chunks, and its share of the memory budget,
+/// given back when the last slice of it is dropped.
+struct JoinedRead {
+    buffer: ChunkBuffer,
+    _memory: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for JoinedRead {
+    fn as_ref(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+}
+
 pub struct TieredReader {
     store: Arc<dyn ObjectStore>,
     ram: RamTier,
@@ -127,11 +140,13 @@ impl TieredReader {
             chunk_size: options.chunk_size,
             fetch_timeout: options.fetch_timeout,
             inflight: Mutex::new(HashMap::new()),
-            // Idle buffers are kept up to the in-flight share: what a reader
-            // streaming through a file refills.
+            // Idle buffers are kept up to the in-flight share (what a reader
+            // streaming through a file refills), and only while the buffers in
+            // use and idle together fit in `ram_size`.
             buffers: BufferPool::new(
                 usize::try_from(options.chunk_size).unwrap_or(usize::MAX),
                 budget.in_flight,
+                options.ram_size,
             ),
             memory: Arc::new(Semaphore::new(budget.in_flight as usize)),
             memory_total: budget.in_flight,
@@ -234,15 +249,26 @@ impl TieredReader {
         }
         // A read across chunks is joined into memory that is already faulted in:
         // with the kernel's readahead windows unaligned to chunks, a streaming
-        // reader's requests nearly all cross one.
-        let mut out = self
-            .buffers
-            .take_brief(slices.iter().map(|s| s.len).sum())?;
+        // reader's requests nearly all cross one. That memory counts as in
+        // flight until the reply is sent, so that the joins of many readers
+        // cannot take the daemon past `ram_size`.
+        let total: usize = slices.iter().map(|s| s.len).sum();
+        let memory = self
+            .memory
+            .clone()
+            .acquire_many_owned(self.permits_for(self.buffers.brief_footprint(total) as u64))
+            .await
+            .map_err(|e| FsError::Cache(e.to_string()))?;
+        let mut buffer = self.buffers.take_brief(total)?;
         for (slice, chunk) in slices.iter().zip(&chunks) {
-            out.extend_from_slice(&chunk[slice.start..slice.start + slice.len])
+            buffer
+                .extend_from_slice(&chunk[slice.start..slice.start + slice.len])
                 .expect("the slices add up to the buffer's size");
         }
-        Ok(out.freeze())
+        Ok(Bytes::from_owner(JoinedRead {
+            buffer,
+            _memory: memory,
+        }))
     }
 
     /// One whole chunk from the nearest tier that has it, waiting for memory.
@@ -424,9 +450,10 @@ impl TieredReader {
             if let Err(e) = this.nvme.write(&key, &copy, chunk_digest) {
                 tracing::warn!("could not keep chunk on NVMe: {e}");
             }
-            this.nvme_write_done(key.file);
-            // The chunk's memory counts as in flight until it is on disk.
+            // The chunk's memory counts as in flight until it is on disk, and
+            // is given back before anyone waiting for the write hears of it.
             drop(permit);
+            this.nvme_write_done(key.file);
         });
         Ok(bytes)
     }
@@ -555,14 +582,56 @@ mod tests {
     use proptest::prelude::*;
 
     fn reader(dir: &std::path::Path) -> Arc<TieredReader> {
+        reader_of(dir, Arc::new(object_store::memory::InMemory::new()))
+    }
+
+    fn reader_of(dir: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<TieredReader> {
         let options = MountOptions {
             chunk_size: 4096,
             ..MountOptions::default()
         };
         let index = Arc::new(crate::chunk_index::ChunkIndex::open(&dir.join("index")).unwrap());
         let nvme = NvmeTier::open(dir, index, 4096, 1 << 20, 0, Arc::default()).unwrap();
-        let store = Arc::new(object_store::memory::InMemory::new());
         TieredReader::new(store, Arc::new(nvme), &options)
+    }
+
+    #[tokio::test]
+    async fn a_read_joined_from_two_chunks_counts_as_in_flight_until_it_is_dropped() {
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+        let path = Path::from("model.bin");
+        store.put(&path, bytes.clone().into()).await.unwrap();
+        let reader = reader_of(dir.path(), store);
+        let file = Arc::new(FileVersion {
+            path,
+            id: FileId(3),
+            size: bytes.len() as u64,
+            etag: None,
+        });
+        // Both chunks loaded and on NVMe: nothing else is in flight.
+        reader.load_whole(&file).await.unwrap();
+        reader
+            .settle_nvme(file.id, file.size, Duration::from_secs(10))
+            .await;
+        assert_eq!(reader.in_flight_bytes(), 0);
+        let joined = reader.read(&file, 3000, 2048).await.unwrap();
+        assert_eq!(&joined[..], &bytes[3000..5048]);
+        assert_eq!(
+            reader.in_flight_bytes(),
+            4096,
+            "the join holds a pooled chunk's memory"
+        );
+        let tail = joined.slice(100..);
+        drop(joined);
+        assert_eq!(reader.in_flight_bytes(), 4096, "a slice still holds it");
+        drop(tail);
+        assert_eq!(reader.in_flight_bytes(), 0);
+        // A read inside one chunk is a slice of it, with no memory of its own.
+        let inside = reader.read(&file, 4096, 1000).await.unwrap();
+        assert_eq!(&inside[..], &bytes[4096..5096]);
+        assert_eq!(reader.in_flight_bytes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
