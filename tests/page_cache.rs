@@ -211,12 +211,7 @@ fn a_file_left_alone_is_passed_through_to_its_nvme_copy_in_the_page_cache() {
     let path = m.path("p/h.bin");
     assert!(std::fs::read(&path).unwrap() == data);
     wait_until(|| m.log().contains("took over from the page cache"));
-    let cache_file = std::fs::read_dir(cache.path().join("chunks"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().extension().is_some_and(|x| x == "data"))
-        .expect("no cache file");
-    let cache_file = File::open(cache_file.path()).unwrap();
+    let cache_file = File::open(cache_file(cache.path())).unwrap();
     assert_mostly_cached(&cache_file, data.len());
     let f = File::open(&path).unwrap();
     // Logged once the open's reply is on its way.

@@ -185,12 +185,7 @@ fn flipped_byte_is_healed(backend: Backend) {
         assert!(std::fs::read(m.path("heal/w.bin")).unwrap() == data);
         wait_until(|| cached_bytes(cache.path()) >= data.len() as u64);
     }
-    let cache_file = std::fs::read_dir(cache.path().join("chunks"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let cache_file = cache_file(cache.path());
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

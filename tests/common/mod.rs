@@ -512,6 +512,16 @@ pub fn wait_until(done: impl FnMut() -> bool) {
     assert!(wait_for(Duration::from_secs(30), done), "timed out waiting");
 }
 
+/// The NVMe tier's cache file under `cache`, where one file has one.
+pub fn cache_file(cache: &Path) -> PathBuf {
+    std::fs::read_dir(cache.join("chunks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "data"))
+        .expect("no cache file")
+}
+
 /// Bytes held in the NVMe tier's cache files under `cache`.
 pub fn cached_bytes(cache: &Path) -> u64 {
     std::fs::read_dir(cache.join("chunks"))
