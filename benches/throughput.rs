@@ -3,7 +3,8 @@
 //!
 //! Full run (writes BENCHMARKS.md): `cargo bench --bench throughput`
 //!   TIERFS_BENCH_FILE_MB (default 1024) sets the size of the big file,
-//!   TIERFS_BENCH_RUNS (default 3) the runs per case; the median is reported.
+//!   TIERFS_BENCH_RUNS (default 3) the runs per case; the median is reported;
+//!   TIERFS_BENCH_MODEL_MB (default 3072) the size of the safetensors model.
 //! Without `--bench` (as `cargo test --all-targets` runs it) it is a small smoke run
 //! that prints the table and writes nothing.
 //! Needs root (to drop the page cache), /dev/fuse, and `bash tests/setup.sh`.
@@ -27,9 +28,20 @@ use harness::{CpuMeter, MB, Row, drop_page_cache, median, paired_ratio, with_ste
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
-/// CPU seconds of one cold read by tierfs and one by the raw client, each as
-/// (the store's, the client side's).
-type CpuPair = ((f64, f64), (f64, f64));
+/// CPU seconds one cold read took, of the store and of each process on the client
+/// side.
+#[derive(Clone, Copy)]
+struct ColdCpu {
+    store: f64,
+    /// tierfs's daemon; 0 for the raw client.
+    daemon: f64,
+    /// The reading process: the one that read through the mount, or the raw
+    /// client.
+    reader: f64,
+}
+
+/// CPU of one cold read by tierfs and one by the raw client.
+type CpuPair = (ColdCpu, ColdCpu);
 
 /// Reads a whole file sequentially in `bs`-byte reads; MB/s.
 fn read_speed(path: &Path, bs: usize) -> f64 {
@@ -100,18 +112,42 @@ fn cold_start(backend: &Backend, under: &str) {
     warm(&server.data.path().join(BUCKET).join("models").join(under));
 }
 
+/// Uploads `size` random bytes as `key`, in 8 MiB parts.
 fn put_big(client: &dyn ObjectStore, key: &str, size: usize, seed: u64) {
+    let mut left = size;
+    let mut part = 0;
+    put_parts(client, key, || {
+        let n = left.min(8 << 20);
+        left -= n;
+        part += 1;
+        (n > 0).then(|| random_bytes(n, seed * 1_000_003 + part - 1))
+    });
+}
+
+/// Uploads the local file `path` as `key`, in 8 MiB parts, without holding it
+/// in memory (models run to several GiB).
+fn put_file(client: &dyn ObjectStore, key: &str, path: &Path) {
+    let mut file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    put_parts(client, key, || {
+        let mut part = Vec::with_capacity(8 << 20);
+        (&mut file)
+            .take(8 << 20)
+            .read_to_end(&mut part)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (!part.is_empty()).then_some(part)
+    });
+}
+
+/// A multipart upload of the parts `next_part` gives until it gives none.
+fn put_parts(client: &dyn ObjectStore, key: &str, mut next_part: impl FnMut() -> Option<Vec<u8>>) {
     block_on(async {
         let path = ObjectPath::parse(format!("models/{key}")).unwrap();
         let upload = client.put_multipart(&path).await.unwrap();
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-        let mut left = size;
-        let mut part = 0;
-        while left > 0 {
-            let n = left.min(8 << 20);
-            writer.write(&random_bytes(n, seed * 1_000_003 + part));
-            left -= n;
-            part += 1;
+        while let Some(part) = next_part() {
+            // A few parts in flight at most, not the whole object in memory.
+            writer.wait_for_capacity(4).await.unwrap();
+            writer.write(&part);
         }
         writer.finish().await.unwrap();
     });
@@ -149,6 +185,8 @@ fn main() {
         runs,
     } = harness::Scale::from_env(16);
     let size = (file_mb as u64) << 20;
+    // Checkpoints of several GiB: a model that outgrows the default RAM tier.
+    let model_mb = harness::env_num("TIERFS_BENCH_MODEL_MB", if full { 3072 } else { file_mb });
     let backend = Backend::s3();
     let Backend::S3(server) = &backend else {
         unreachable!()
@@ -188,7 +226,12 @@ fn main() {
             let store = CpuMeter::start(&[server_pid]);
             let client_side = CpuMeter::start(&[this_process]);
             let measured = with_steal(|| raw_parallel_get(client.as_ref(), "big.bin", size, 16));
-            (measured, (store.seconds(), client_side.seconds()))
+            let cpu = ColdCpu {
+                store: store.seconds(),
+                daemon: 0.0,
+                reader: client_side.seconds(),
+            };
+            (measured, cpu)
         };
         let tierfs_read = |rss: &mut f64| {
             let cache = tempfile::tempdir().unwrap();
@@ -196,10 +239,15 @@ fn main() {
             cold_start(&backend, "big.bin");
             let daemon = daemon_pid(m.dir.path()).expect("the mount's daemon is running");
             let store = CpuMeter::start(&[server_pid]);
-            // The daemon and the reader, this process.
-            let client_side = CpuMeter::start(&[daemon, this_process]);
+            let daemon_side = CpuMeter::start(&[daemon]);
+            // The reader is this process.
+            let reader = CpuMeter::start(&[this_process]);
             let measured = with_steal(|| read_speed(&m.path("big.bin"), 1 << 20));
-            let cpu = (store.seconds(), client_side.seconds());
+            let cpu = ColdCpu {
+                store: store.seconds(),
+                daemon: daemon_side.seconds(),
+                reader: reader.seconds(),
+            };
             *rss = rss.max(daemon_peak_rss(m.dir.path()).unwrap_or(0.0));
             m.unmount();
             (measured, cpu)
@@ -238,11 +286,13 @@ fn main() {
         "Cold sequential read per run, tierfs / raw client MB/s (in brackets, the CPU \
          time the host took from this VM during each read, its steal time): {cold_detail}. \
          CPU seconds per GiB read, medians of the runs: the store {:.2} serving tierfs and \
-         {:.2} serving the raw client; tierfs's daemon and its reader {:.2}, the raw client {:.2}.",
-        per_gib(|(tierfs, _)| tierfs.0),
-        per_gib(|(_, raw)| raw.0),
-        per_gib(|(tierfs, _)| tierfs.1),
-        per_gib(|(_, raw)| raw.1),
+         {:.2} serving the raw client; tierfs's daemon {:.2} and the process reading through \
+         the mount {:.2}, the raw client {:.2}.",
+        per_gib(|(tierfs, _)| tierfs.store),
+        per_gib(|(_, raw)| raw.store),
+        per_gib(|(tierfs, _)| tierfs.daemon),
+        per_gib(|(tierfs, _)| tierfs.reader),
+        per_gib(|(_, raw)| raw.reader),
     );
     rows.push(Row {
         case: "cold sequential read".into(),
@@ -418,9 +468,16 @@ fn main() {
     }
 
     rows.push(small_files(&backend));
-    rows.extend(safetensors_rows(&backend, scratch.path(), file_mb, runs));
+    rows.extend(safetensors_rows(
+        &backend,
+        client.as_ref(),
+        scratch.path(),
+        model_mb,
+        runs,
+    ));
     rows.push(parallel_cold_rss(&backend, client.as_ref(), size));
-    report(&rows, full, file_mb, runs, dropped, &cold_detail);
+    let sizes = format!("Big file: {file_mb} MiB; safetensors model: {model_mb} MiB");
+    report(&rows, full, &sizes, runs, dropped, &cold_detail);
 }
 
 fn wait_for_cache(cache: &Path, size: u64) {
@@ -505,9 +562,16 @@ fn small_files(backend: &Backend) -> Row {
 
 /// A safetensors model loaded tensor by tensor with safe_open (mmap), cold and
 /// warm, through the mount vs from local disk; MB/s of tensor bytes.
-fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usize) -> Vec<Row> {
+fn safetensors_rows(
+    backend: &Backend,
+    client: &dyn ObjectStore,
+    scratch: &Path,
+    model_mb: usize,
+    runs: usize,
+) -> Vec<Row> {
     let model = scratch.join("model.safetensors");
-    let layers = (file_mb / 16).max(1);
+    // Tensors of 16 MiB each.
+    let layers = (model_mb / 16).max(1);
     run_python(
         &format!(
             "import numpy as np\nfrom safetensors.numpy import save_file\nrng = np.random.default_rng(1)\n\
@@ -516,7 +580,7 @@ fn safetensors_rows(backend: &Backend, scratch: &Path, file_mb: usize, runs: usi
         ),
         "",
     );
-    backend.put("st/model.safetensors", &std::fs::read(&model).unwrap());
+    put_file(client, "st/model.safetensors", &model);
     let load = |path: &Path| -> f64 {
         let out = run_python(
             &format!(
@@ -688,7 +752,7 @@ fn peer_cold_read(backend: &Backend, tool: &str, scratch: &Path, run: usize) -> 
     Some(speed)
 }
 
-fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool, detail: &str) {
+fn report(rows: &[Row], full: bool, sizes: &str, runs: usize, dropped: bool, detail: &str) {
     let table = harness::render_table(rows);
     println!("{table}\n{detail}");
     if !full {
@@ -698,7 +762,7 @@ fn report(rows: &[Row], full: bool, file_mb: usize, runs: usize, dropped: bool, 
         "throughput",
         &format!(
             "Measured by `cargo bench --bench throughput` (see benches/throughput.rs) on {}, \
-             against s3s-fs 0.17 on 127.0.0.1. Big file: {file_mb} MiB; median of {runs} runs per case (of {} for the NVMe-resident pair); \
+             against s3s-fs 0.17 on 127.0.0.1. {sizes}; median of {runs} runs per case (of {} for the NVMe-resident pair); \
              page cache dropped between cold runs: {dropped}, after which the store's copy of the objects \
              read is read back into it (the store serves from memory, as a remote store's disk is not this \
              machine's), for tierfs and its baselines alike. Where tierfs and its baseline ran side by side \

@@ -106,17 +106,21 @@ pub struct Scale {
 impl Scale {
     pub fn from_env(smoke_mb: usize) -> Scale {
         let full = std::env::args().any(|a| a == "--bench");
-        let env_num = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        };
         Scale {
             full,
             file_mb: env_num("TIERFS_BENCH_FILE_MB", if full { 1024 } else { smoke_mb }),
             runs: env_num("TIERFS_BENCH_RUNS", if full { 3 } else { 1 }),
         }
+    }
+}
+
+/// The number in environment variable `name`, or `default` when it is unset.
+pub fn env_num(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v}: not a whole number")),
+        Err(_) => default,
     }
 }
 
