@@ -3,188 +3,31 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::path::PathBuf;
 use std::time::SystemTime;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BsdFileFlags, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::debug_span;
 
 use crate::engine::{
-    Attr, AttrChange, DirEntry, Entry, Errno, FileKind, Flushed, FsEngine, OpenMode, Opened,
-    ReadData, Released, Reply, StatFs,
+    AttrChange, DirEntry, Entry, FileKind, Flushed, FsEngine, OpenMode, Opened, ReadData, Released,
+    StatFs,
 };
 use crate::passthrough::Passthrough;
+use crate::replies::{ErrorReply, answer, errno, file_attr, reply_xattr, time};
 
-/// How the kernel mount is set up.
-#[derive(Debug, Clone)]
-pub struct MountConfig {
-    pub mountpoint: PathBuf,
-    /// Shown as the source in /proc/mounts.
-    pub fsname: String,
-    pub read_only: bool,
-    pub allow_other: bool,
-    /// FUSE dispatch threads, each with its own cloned /dev/fuse descriptor.
-    pub threads: usize,
-    /// Requests the kernel may have in flight in the background (readahead).
-    pub max_background: u16,
-}
-
-/// A mounted filesystem; `run` serves it until it is unmounted.
-pub struct MountedSession<E: FsEngine + Clone> {
-    session: Session<FuseAdapter<E>>,
-}
-
-impl<E: FsEngine + Clone> MountedSession<E> {
-    /// Serves requests until the filesystem is unmounted.
-    pub fn run(self) -> io::Result<()> {
-        self.session.run()
-    }
-}
-
-/// Mounts `engine` and completes the FUSE handshake, so that the mount is ready
-/// when this returns.
-pub fn mount<E: FsEngine + Clone>(
-    engine: E,
-    config: &MountConfig,
-) -> io::Result<MountedSession<E>> {
-    let mut options = vec![
-        MountOption::FSName(config.fsname.clone()),
-        MountOption::Subtype("tierfs".into()),
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-    ];
-    options.push(if config.read_only {
-        MountOption::RO
-    } else {
-        MountOption::RW
-    });
-    let mut fuse_config = Config::default();
-    fuse_config.mount_options = options;
-    fuse_config.acl = if config.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    fuse_config.n_threads = Some(config.threads.max(1));
-    fuse_config.clone_fd = config.threads > 1;
-    let attached = engine.clone();
-    let adapter = FuseAdapter {
-        engine,
-        max_background: config.max_background,
-        passthrough: Arc::new(Passthrough::default()),
-    };
-    let passthrough = adapter.passthrough.clone();
-    let session = Session::new(adapter, &config.mountpoint, &fuse_config)?;
-    passthrough.start_notices(session.notifier())?;
-    attached.attach_kernel(passthrough);
-    Ok(MountedSession { session })
-}
-
-struct FuseAdapter<E> {
-    engine: E,
-    max_background: u16,
-    passthrough: Arc<Passthrough>,
-}
-
-fn errno(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e.0)
-}
-
-fn file_attr(attr: &Attr) -> FileAttr {
-    let kind = match attr.kind {
-        FileKind::File => FileType::RegularFile,
-        FileKind::Directory => FileType::Directory,
-    };
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
-        mtime: attr.mtime,
-        ctime: attr.mtime,
-        crtime: attr.mtime,
-        kind,
-        perm: attr.perm,
-        nlink: if kind == FileType::Directory { 2 } else { 1 },
-        uid: attr.uid,
-        gid: attr.gid,
-        rdev: 0,
-        blksize: 1 << 20,
-        flags: 0,
-    }
-}
-
-/// A fuser reply that can carry an error.
-trait ErrorReply: Send + 'static {
-    fn fail(self, e: fuser::Errno);
-}
-
-macro_rules! error_reply {
-    ($($t:ty),*) => {$(
-        impl ErrorReply for $t {
-            fn fail(self, e: fuser::Errno) {
-                self.error(e)
-            }
-        }
-    )*};
-}
-error_reply!(
-    ReplyCreate,
-    ReplyEntry,
-    ReplyAttr,
-    ReplyOpen,
-    ReplyData,
-    ReplyDirectory,
-    ReplyEmpty,
-    ReplyStatfs,
-    ReplyWrite,
-    ReplyXattr
-);
-
-/// Builds the engine callback for one request: a value goes to `on_ok` with the
-/// reply, an error becomes the reply's errno.
-fn answer<R: ErrorReply, T: 'static>(
-    reply: R,
-    on_ok: impl FnOnce(R, T) + Send + 'static,
-) -> Reply<T> {
-    Box::new(move |result| match result {
-        Ok(value) => on_ok(reply, value),
-        Err(e) => {
-            tracing::debug!(errno = e.0, "request failed");
-            reply.fail(errno(e))
-        }
-    })
-}
-
-/// Sends an extended attribute value or its size, as the caller's buffer asks.
-fn reply_xattr(reply: ReplyXattr, size: u32) -> Reply<Vec<u8>> {
-    answer(reply, move |reply: ReplyXattr, value: Vec<u8>| {
-        if size == 0 {
-            reply.size(value.len() as u32)
-        } else if value.len() > size as usize {
-            reply.error(fuser::Errno::ERANGE)
-        } else {
-            reply.data(&value)
-        }
-    })
-}
-
-fn time(t: TimeOrNow) -> SystemTime {
-    match t {
-        TimeOrNow::SpecificTime(t) => t,
-        TimeOrNow::Now => SystemTime::now(),
-    }
+/// The kernel's requests for one mount, handed to the engine.
+pub(crate) struct FuseAdapter<E> {
+    pub(crate) engine: E,
+    pub(crate) max_background: u16,
+    pub(crate) passthrough: Arc<Passthrough>,
 }
 
 impl<E: FsEngine + Clone> FuseAdapter<E> {

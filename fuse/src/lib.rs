@@ -7,9 +7,11 @@
 mod adapter;
 mod engine;
 mod passthrough;
+mod replies;
+mod session;
 
-pub use adapter::{MountConfig, MountedSession, mount};
 pub use engine::{
     Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, Flushed, FsEngine,
     KernelNotices, OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
 };
+pub use session::{MountConfig, MountedSession, mount};
