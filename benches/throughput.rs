@@ -14,6 +14,10 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod harness;
+#[path = "throughput/peers.rs"]
+mod peers;
+#[path = "throughput/safetensors.rs"]
+mod safetensors;
 
 use std::fs::File;
 use std::io::Read;
@@ -27,6 +31,8 @@ use futures::StreamExt;
 use harness::{CpuMeter, MB, Row, drop_page_cache, median, paired_ratio, with_steal};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use peers::{installed, peer_cold_read};
+use safetensors::safetensors_rows;
 
 /// CPU seconds one cold read took, of the store and of each process on the client
 /// side.
@@ -560,93 +566,6 @@ fn small_files(backend: &Backend) -> Row {
     }
 }
 
-/// A safetensors model loaded tensor by tensor with safe_open (mmap), cold and
-/// warm, through the mount vs from local disk; MB/s of tensor bytes.
-fn safetensors_rows(
-    backend: &Backend,
-    client: &dyn ObjectStore,
-    scratch: &Path,
-    model_mb: usize,
-    runs: usize,
-) -> Vec<Row> {
-    let model = scratch.join("model.safetensors");
-    // Tensors of 16 MiB each.
-    let layers = (model_mb / 16).max(1);
-    run_python(
-        &format!(
-            "import numpy as np\nfrom safetensors.numpy import save_file\nrng = np.random.default_rng(1)\n\
-         save_file({{f'l{{i}}': rng.standard_normal((2048, 2048), dtype=np.float32) for i in range({layers})}}, '{}')\n",
-            model.display()
-        ),
-        "",
-    );
-    put_file(client, "st/model.safetensors", &model);
-    let load = |path: &Path| -> f64 {
-        let out = run_python(
-            &format!(
-                "import time\nfrom safetensors import safe_open\nt = time.perf_counter(); n = 0\n\
-             with safe_open('{}', framework='numpy') as f:\n    for k in f.keys():\n        n += f.get_tensor(k).nbytes\n\
-             print(n / 1e6 / (time.perf_counter() - t))\n",
-                path.display()
-            ),
-            "",
-        );
-        out.trim().parse().unwrap()
-    };
-    let model_size = std::fs::metadata(&model).unwrap().len();
-    let (mut cold, mut warm, mut settled, mut disk) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    // The daemon's peak over the cold and the warm load, the highest of the runs.
-    let mut rss = None::<f64>;
-    for _ in 0..runs {
-        let cache = tempfile::tempdir().unwrap();
-        let m = Mount::new(backend, cache.path(), &[]);
-        cold_start(backend, "st");
-        cold.push(load(&m.path("st/model.safetensors")));
-        warm.push(load(&m.path("st/model.safetensors")));
-        // Once the cold load's NVMe copy has landed and been written back, as
-        // the local file's has, and the daemon has handed the page cache of the
-        // tierfs file over to it (`page_cache_handover` after the last close).
-        wait_for_cache(cache.path(), model_size);
-        std::process::Command::new("sync").status().unwrap();
-        assert!(
-            wait_for(std::time::Duration::from_secs(60), || m
-                .log()
-                .contains("took over from the page cache")),
-            "the page cache was never handed over to the NVMe copy"
-        );
-        // The local file's first load reads it from disk. Then the settled file
-        // and the local one take turns, twice each: single loads on this host
-        // swing by a tenth from one to the next.
-        load(&model);
-        let (mut tierfs_total, mut disk_total) = (0.0, 0.0);
-        for _ in 0..2 {
-            tierfs_total += load(&m.path("st/model.safetensors"));
-            disk_total += load(&model);
-        }
-        settled.push(tierfs_total / 2.0);
-        disk.push(disk_total / 2.0);
-        if let Some(peak) = daemon_peak_rss(m.dir.path()) {
-            rss = Some(rss.map_or(peak, |r| r.max(peak)));
-        }
-    }
-    let row = |case: &str, speeds: &[f64], goal: &'static str| Row {
-        case: format!("safetensors safe_open, {case}"),
-        tierfs: median(speeds.to_vec()),
-        baseline_name: "local disk, warm".into(),
-        baseline: median(disk.clone()),
-        unit: "MB/s",
-        goal,
-        rss_mib: rss,
-        paired_ratio: paired_ratio(speeds, &disk),
-    };
-    vec![
-        row("cold", &cold, ""),
-        row("warm, right after the cold load", &warm, ">= 0.9"),
-        row("warm, settled on NVMe and handed over", &settled, ">= 0.9"),
-    ]
-}
-
 /// Eight cold sequential readers of eight files at once with ram_size=256M: the
 /// daemon's peak memory is what counts.
 fn parallel_cold_rss(backend: &Backend, client: &dyn ObjectStore, size: u64) -> Row {
@@ -675,81 +594,6 @@ fn parallel_cold_rss(backend: &Backend, client: &dyn ObjectStore, size: u64) -> 
         rss_mib: rss,
         paired_ratio: None,
     }
-}
-
-fn installed(tool: &str) -> bool {
-    Command::new("which")
-        .arg(tool)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Cold sequential read of big.bin through another FUSE client of the same bucket,
-/// mounted afresh with an empty cache; MB/s, or None when it cannot be mounted.
-fn peer_cold_read(backend: &Backend, tool: &str, scratch: &Path, run: usize) -> Option<f64> {
-    let Backend::S3(server) = backend else {
-        unreachable!()
-    };
-    let mnt = scratch.join(format!("{tool}-mnt-{run}"));
-    let cache = scratch.join(format!("{tool}-cache-{run}"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::create_dir_all(&cache).unwrap();
-    let ok = match tool {
-        "rclone" => Command::new("rclone")
-            .env_remove("AWS_CA_BUNDLE")
-            .env("RCLONE_S3_PROVIDER", "Other")
-            .env("RCLONE_S3_FORCE_PATH_STYLE", "true")
-            .env("RCLONE_S3_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("RCLONE_S3_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("RCLONE_S3_ENDPOINT", server.endpoint())
-            .args(["mount", &format!(":s3:{BUCKET}/models")])
-            .arg(&mnt)
-            .args(["--vfs-cache-mode", "full", "--cache-dir"])
-            .arg(&cache)
-            .arg("--daemon")
-            .status(),
-        _ => {
-            let pw = scratch.join("s3fs.passwd");
-            std::fs::write(&pw, format!("{ACCESS_KEY}:{SECRET_KEY}")).unwrap();
-            std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .unwrap();
-            Command::new("s3fs")
-                .arg(format!("{BUCKET}:/models"))
-                .arg(&mnt)
-                .args(["-o", &format!("passwd_file={},use_path_request_style,url={},endpoint=us-east-1,use_cache={}", pw.display(), server.endpoint(), cache.display())])
-                .status()
-        }
-    };
-    if !ok.is_ok_and(|s| s.success()) {
-        return None;
-    }
-    let file = mnt.join("big.bin");
-    for _ in 0..500 {
-        if file.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    if !file.exists() {
-        println!("{tool} mounted but does not show big.bin: its row is left out");
-        Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(&mnt)
-            .status()
-            .ok();
-        return None;
-    }
-    cold_start(backend, "big.bin");
-    let speed = read_speed(&file, 1 << 20);
-    Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mnt)
-        .status()
-        .ok();
-    // Each run starts with an empty cache anyway; the next runs need the disk.
-    let _ = std::fs::remove_dir_all(&cache);
-    Some(speed)
 }
 
 fn report(rows: &[Row], full: bool, sizes: &str, runs: usize, dropped: bool, detail: &str) {
