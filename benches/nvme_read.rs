@@ -5,6 +5,8 @@
 //! 512). The page cache is not dropped, so both sides read from memory: the ratio
 //! shows what the digest check and the tier's bookkeeping cost.
 
+mod harness;
+
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,10 +19,7 @@ use tierfs::nvme_tier::NvmeTier;
 const CHUNK: u64 = 8 << 20;
 
 fn main() {
-    let mb: u64 = std::env::var("TIERFS_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
+    let mb = harness::env_num("TIERFS_BENCH_MB", 512) as u64;
     let chunks = (mb << 20) / CHUNK;
     let dir = tempfile::tempdir().expect("temp dir");
     let index = Arc::new(ChunkIndex::open(&dir.path().join("index")).expect("index"));
