@@ -123,10 +123,14 @@ fn put_big(client: &dyn ObjectStore, key: &str, size: usize, seed: u64) {
     let mut left = size;
     let mut part = 0;
     put_parts(client, key, || {
+        if left == 0 {
+            return None;
+        }
         let n = left.min(8 << 20);
+        let bytes = random_bytes(n, seed * 1_000_003 + part);
         left -= n;
         part += 1;
-        (n > 0).then(|| random_bytes(n, seed * 1_000_003 + part - 1))
+        Some(bytes)
     });
 }
 
