@@ -11,6 +11,8 @@
 //! rclone and s3fs rows are measured when those programs are installed
 //! (`apt-get install rclone s3fs`).
 
+#[path = "throughput/cold.rs"]
+mod cold;
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod harness;
@@ -33,21 +35,6 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use peers::{installed, peer_cold_read};
 use safetensors::safetensors_rows;
-
-/// CPU seconds one cold read took, of the store and of each process on the client
-/// side.
-#[derive(Clone, Copy)]
-struct ColdCpu {
-    store: f64,
-    /// tierfs's daemon; 0 for the raw client.
-    daemon: f64,
-    /// The reading process: the one that read through the mount, or the raw
-    /// client.
-    reader: f64,
-}
-
-/// CPU of one cold read by tierfs and one by the raw client.
-type CpuPair = (ColdCpu, ColdCpu);
 
 /// Reads a whole file sequentially in `bs`-byte reads; MB/s.
 fn read_speed(path: &Path, bs: usize) -> f64 {
@@ -207,127 +194,9 @@ fn main() {
     let mut rows = Vec::new();
     let dropped = drop_page_cache();
 
-    // Cold sequential: tierfs vs the raw client with the same concurrency and vs
-    // the peers, all in each run, so that every ratio pairs reads taken minutes
-    // apart at most (this host's speed drifts over a session).
-    let peers: Vec<&str> = ["rclone", "s3fs"]
-        .into_iter()
-        .filter(|tool| {
-            let found = installed(tool);
-            if !found {
-                println!("{tool} is not installed: its row is left out (apt-get install {tool})");
-            }
-            found
-        })
-        .collect();
-    let mut cold = Vec::new();
-    let mut raw = Vec::new();
-    let mut peer_speeds: Vec<Option<Vec<f64>>> = vec![Some(Vec::new()); peers.len()];
-    let mut rss = 0f64;
-    // Per run: tierfs's and the raw client's MB/s, and the steal time each saw.
-    let mut cold_runs = Vec::new();
-    // Per run: the CPU time each read took of the store and of its client side.
-    let mut cold_cpu: Vec<CpuPair> = Vec::new();
-    let server_pid = server.pid().expect("s3s-fs is running");
-    let this_process = std::process::id();
-    for run in 0..runs {
-        let raw_read = || {
-            cold_start(&backend, "big.bin");
-            let store = CpuMeter::start(&[server_pid]);
-            let client_side = CpuMeter::start(&[this_process]);
-            let measured = with_steal(|| raw_parallel_get(client.as_ref(), "big.bin", size, 16));
-            let cpu = ColdCpu {
-                store: store.seconds(),
-                daemon: 0.0,
-                reader: client_side.seconds(),
-            };
-            (measured, cpu)
-        };
-        let tierfs_read = |rss: &mut f64| {
-            let cache = tempfile::tempdir().unwrap();
-            let m = Mount::new(&backend, cache.path(), &[]);
-            cold_start(&backend, "big.bin");
-            let daemon = daemon_pid(m.dir.path()).expect("the mount's daemon is running");
-            let store = CpuMeter::start(&[server_pid]);
-            let daemon_side = CpuMeter::start(&[daemon]);
-            // The reader is this process.
-            let reader = CpuMeter::start(&[this_process]);
-            let measured = with_steal(|| read_speed(&m.path("big.bin"), 1 << 20));
-            let cpu = ColdCpu {
-                store: store.seconds(),
-                daemon: daemon_side.seconds(),
-                reader: reader.seconds(),
-            };
-            *rss = rss.max(daemon_peak_rss(m.dir.path()).unwrap_or(0.0));
-            m.unmount();
-            (measured, cpu)
-        };
-        // Which side reads first alternates, so that neither always gets the
-        // host's quieter turn.
-        let ((t, t_cpu), (r, r_cpu)) = if run % 2 == 0 {
-            let r = raw_read();
-            (tierfs_read(&mut rss), r)
-        } else {
-            let t = tierfs_read(&mut rss);
-            (t, raw_read())
-        };
-        cold.push(t.0);
-        raw.push(r.0);
-        cold_runs.push((t, r));
-        cold_cpu.push((t_cpu, r_cpu));
-        for (tool, speeds) in peers.iter().zip(peer_speeds.iter_mut()) {
-            if let Some(list) = speeds {
-                match peer_cold_read(&backend, tool, scratch.path(), run) {
-                    Some(speed) => list.push(speed),
-                    None => *speeds = None,
-                }
-            }
-        }
-    }
-    let cold_detail = cold_runs
-        .iter()
-        .map(|((t, ts), (r, rs))| format!("{t:.0} / {r:.0} ({ts:.1} / {rs:.1} s)"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let gib = size as f64 / (1u64 << 30) as f64;
-    // CPU seconds per GiB, median of the runs, of one part of each pair.
-    let per_gib = |part: fn(&CpuPair) -> f64| median(cold_cpu.iter().map(part).collect()) / gib;
-    let cold_detail = format!(
-        "Cold sequential read per run, tierfs / raw client MB/s (in brackets, the CPU \
-         time the host took from this VM during each read, its steal time): {cold_detail}. \
-         CPU seconds per GiB read, medians of the runs: the store {:.2} serving tierfs and \
-         {:.2} serving the raw client; tierfs's daemon {:.2} and the process reading through \
-         the mount {:.2}, the raw client {:.2}.",
-        per_gib(|(tierfs, _)| tierfs.store),
-        per_gib(|(_, raw)| raw.store),
-        per_gib(|(tierfs, _)| tierfs.daemon),
-        per_gib(|(tierfs, _)| tierfs.reader),
-        per_gib(|(_, raw)| raw.reader),
-    );
-    rows.push(Row {
-        case: "cold sequential read".into(),
-        tierfs: median(cold.clone()),
-        baseline_name: "object_store parallel ranged GET (16)".into(),
-        baseline: median(raw.clone()),
-        unit: "MB/s",
-        goal: ">= 0.9",
-        rss_mib: Some(rss),
-        paired_ratio: paired_ratio(&cold, &raw),
-    });
-    for (tool, speeds) in peers.iter().zip(peer_speeds) {
-        let Some(speeds) = speeds else { continue };
-        rows.push(Row {
-            case: format!("cold sequential read vs {tool}"),
-            tierfs: median(cold.clone()),
-            baseline_name: format!("{tool} mount"),
-            baseline: median(speeds.clone()),
-            unit: "MB/s",
-            goal: ">= 1.3",
-            // The same tierfs runs as the row above.
-            rss_mib: Some(rss),
-            paired_ratio: paired_ratio(&cold, &speeds),
-        });
-    }
+    let (cold_rows, cold_detail) =
+        cold::cold_rows(&backend, client.as_ref(), size, runs, scratch.path());
+    rows.extend(cold_rows);
 
     // NVMe-resident with the page cache dropped, RAM-resident, page-cache re-read.
     let cache = tempfile::tempdir().unwrap();

@@ -95,6 +95,95 @@ pub fn drop_page_cache() -> bool {
     std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
 }
 
+/// Faults in up to `bytes` of fresh anonymous memory (at most half of what the
+/// kernel counts as available) and frees it again; the bytes it touched.
+///
+/// A virtual machine that reports free pages to its host (virtio-balloon free
+/// page reporting) has the host take back the memory behind them, and the first
+/// write to such a page after it is handed out again stops the VM while the host
+/// backs it. The page cache a read fills is fresh memory of that kind after a
+/// drop of the page cache; a client that reuses its buffers never touches any.
+/// The pages freed here are the first the next allocations get, so a read that
+/// follows at once fills memory the host backs, as on a machine whose memory
+/// stays its own (one with a GPU passed through to it has all of it pinned).
+pub fn back_free_memory(bytes: u64) -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10);
+    let len = bytes.min(available / 2) as usize;
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: a fresh private anonymous mapping, checked, then unmapped whole.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        );
+        if ptr == libc::MAP_FAILED {
+            return 0;
+        }
+        libc::munmap(ptr, len);
+    }
+    len as u64
+}
+
+/// Restricts every thread of process `pid` to `cpus` (threads it starts later
+/// inherit that); false when the kernel refused it for any of them.
+pub fn pin_process(pid: u32, cpus: &[usize]) -> bool {
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        // Every thread is tried, whether or not one before it was refused.
+        .filter(|&tid| {
+            // SAFETY: `set` is a valid cpu_set_t of the size passed.
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) != 0 }
+        })
+        .count()
+        == 0
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Whether this machine is a VM whose balloon device takes reports of free pages
+/// from it (virtio device 5 with feature bit 5, VIRTIO_BALLOON_F_REPORTING).
+pub fn free_page_reporting() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |name: &str| std::fs::read_to_string(d.path().join(name)).unwrap_or_default();
+        read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
+    })
+}
+
 /// A benchmark's size and runs: the full figures under `cargo bench`, a smoke
 /// run otherwise (as `cargo test --all-targets` runs it).
 pub struct Scale {
