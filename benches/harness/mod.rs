@@ -119,20 +119,18 @@ pub fn back_free_memory(bytes: u64) -> u64 {
     if len == 0 {
         return 0;
     }
-    // SAFETY: a fresh private anonymous mapping, checked, then unmapped whole.
-    unsafe {
-        let ptr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        );
-        if ptr == libc::MAP_FAILED {
-            return 0;
-        }
-        libc::munmap(ptr, len);
+    // One allocation, faulted in whole by the kernel in one call; dropping it
+    // frees it. The advice covers the whole pages inside it.
+    let mut memory: Vec<u8> = Vec::with_capacity(len);
+    let page = 4096;
+    let start = (memory.as_mut_ptr() as usize).next_multiple_of(page);
+    let pages = (len - (start - memory.as_ptr() as usize)) / page * page;
+    // SAFETY: [start, start + pages) lies within the vector's allocation.
+    let populated =
+        unsafe { libc::madvise(start as *mut libc::c_void, pages, libc::MADV_POPULATE_WRITE) };
+    drop(memory);
+    if populated != 0 {
+        return 0;
     }
     len as u64
 }
