@@ -30,8 +30,7 @@ struct ColdCpu {
     reader: f64,
 }
 
-/// What a cold read and the ones it is compared with measured: MB/s, with the
-/// steal time it saw, and its CPU.
+/// What one cold read measured: its MB/s with the steal time it saw, and its CPU.
 type Measured = ((f64, f64), ColdCpu);
 
 /// What a run's reads share besides the file.
