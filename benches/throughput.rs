@@ -208,7 +208,7 @@ fn main() {
     read_speed(&m.path("big.bin"), 1 << 20);
     wait_for_cache(cache.path(), size);
     m.unmount();
-    let cache_file = largest_file(&cache.path().join("chunks"));
+    let cache_file = cache_file(cache.path());
     let (mut nvme, mut direct) = (Vec::new(), Vec::new());
     let m = Mount::new(&backend, cache.path(), &[]);
     // Both sides read the same blocks from a disk whose speed can swing from one read
@@ -375,15 +375,6 @@ fn wait_for_cache(cache: &Path, size: u64) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("the NVMe tier never held the file");
-}
-
-fn largest_file(dir: &Path) -> PathBuf {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .max_by_key(|e| e.metadata().unwrap().len())
-        .unwrap()
-        .path()
 }
 
 /// 1,000 small files read once, cold, one after another, through tierfs vs the
