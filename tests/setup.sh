@@ -2,10 +2,15 @@
 # Installs what the integration tests need, once, into $TIERFS_TOOLS
 # (default ~/.cache/tierfs-tools): the s3s-fs S3 server, and a Python venv with
 # safetensors, numpy and the moto S3 server (for keys s3s-fs cannot hold).
-# System packages (fuse3) come from .ci/run or your package manager.
+# System packages (fuse3, attr, python3-venv, clang ...) come from the README's first
+# command (or .ci/run); a missing one stops here with its name.
 set -euo pipefail
 tools="${TIERFS_TOOLS:-$HOME/.cache/tierfs-tools}"
 mkdir -p "$tools/bin"
+
+for tool in getfattr:attr setfattr:attr; do
+    command -v "${tool%%:*}" >/dev/null || { echo "setup: ${tool%%:*} not found; install the ${tool#*:} package (see the README's first command)" >&2; exit 1; }
+done
 
 if [ ! -x "$tools/bin/s3s-fs" ]; then
     echo "setup: installing s3s-fs 0.17.0 into $tools"
