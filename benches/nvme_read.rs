@@ -10,11 +10,13 @@ mod harness;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
+use tierfs::model::version::ChunkKey;
+use tierfs::model::version::FileId;
 
-use tierfs::chunk_buffer::BufferPool;
-use tierfs::chunk_index::{ChunkIndex, ChunkKey, FileId};
-use tierfs::digest::digest;
-use tierfs::nvme_tier::NvmeTier;
+use tierfs::io::chunk_buffer::BufferPool;
+use tierfs::meta::chunk_index::ChunkIndex;
+use tierfs::model::digest::digest;
+use tierfs::tiers::nvme::NvmeTier;
 
 const CHUNK: u64 = 8 << 20;
 

@@ -1,44 +1,19 @@
 //! tierfs: checkpoints in an object store, shown as files, tiered over NVMe and RAM.
+//!
+//! Subsystems, dependencies flowing one way (cli → control → engine → tier_manager,
+//! write → tiers, namespace, store → meta, io → model):
 
-pub mod access_table;
-pub mod aws_profile;
-pub mod chunk;
-pub mod chunk_buffer;
-pub mod chunk_file;
-pub mod chunk_index;
-pub mod chunk_recency;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cli;
-pub mod cli_tier;
 pub mod control;
-pub mod control_client;
-pub mod digest;
 pub mod engine;
 pub mod error;
-pub mod fs_engine;
-pub mod housekeeping;
-pub mod inode_io;
-pub mod metrics;
-pub mod mount;
-pub mod mover;
-pub mod mover_jobs;
+pub mod io;
+pub mod meta;
+pub mod model;
 pub mod namespace;
-pub mod nvme_tier;
-pub mod options;
-pub mod pins;
-pub mod placement;
-pub mod ram_file;
-pub mod ram_tier;
-pub mod rate_limit;
-pub mod size;
-pub mod staging;
-pub mod status;
 pub mod store;
-pub mod tiered_reader;
-pub mod upload_jobs;
-pub mod uploader;
-pub mod version_keeper;
-pub mod write_ops;
-pub mod write_passthrough;
-pub mod write_path;
-pub mod write_registry;
-pub mod xattrs;
+pub mod tier_manager;
+pub mod tiers;
+pub mod write;

@@ -256,7 +256,7 @@ async fn chunks_fetched_ahead_do_not_count_against_the_window() {
     let in_ram = |index: u64| {
         reader
             .ram()
-            .contains(&tierfs::chunk_index::ChunkKey { file, index })
+            .contains(&tierfs::model::version::ChunkKey { file, index })
     };
     // Whole chunks, front to back, each read's fetches landed before the next:
     // the window opens at 1 and reaches 4 at the third chunk.
@@ -425,7 +425,7 @@ async fn idle_and_old_copies_are_demoted_and_read_again_from_the_store() {
     assert_eq!(&core.read(fb, 0, b.len() as u32).await.unwrap()[..], &b[..]);
     wait_for_nvme(&core, (a.len() + b.len()) as u64).await;
 
-    let now = tierfs::nvme_tier::now_secs();
+    let now = tierfs::model::clock::now_secs();
     let idle = DemoteRule {
         idle: Some(3600),
         age: None,

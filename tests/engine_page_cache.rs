@@ -7,11 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tierfs::model::version::ChunkKey;
 
 use common::engine_kit::{CHUNK, core, core_with, open_path, range_reads, wait_for_nvme};
 use common::{drop_kernel_cache, random_bytes, resident_pages};
 use parking_lot::Mutex;
-use tierfs::chunk_index::ChunkKey;
+
 use tierfs::namespace::ROOT_INO;
 use tierfs_fuse::KernelNotices;
 

@@ -322,6 +322,7 @@ fn fsynced_files_survive_sigkill() {
         let f = File::create(mount.path(&format!("r{round}/unsynced.bin"))).unwrap();
         f.write_all_at(&random_bytes(1 << 20, 99), 0).unwrap();
         std::thread::sleep(Duration::from_millis(rng.random_range(0..1500)));
+        // SAFETY: kill takes no pointers; pid is the daemon this test started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         drop(f);
         mount.unmount();

@@ -141,6 +141,7 @@ pub fn pin_process(pid: u32, cpus: &[usize]) -> bool {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET writes within it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
+        // SAFETY: CPU_SET writes one bit of `set`, a valid cpu_set_t.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -162,10 +163,12 @@ pub fn pin_process(pid: u32, cpus: &[usize]) -> bool {
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is valid; sched_getaffinity fills it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed, for the call to fill.
     if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
         return Vec::new();
     }
     (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads one bit of `set`; cpu is below CPU_SETSIZE.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect()
 }

@@ -4,6 +4,8 @@
 //! engine's answers into fuser replies. It holds no filesystem logic: inode numbers,
 //! handles, caching and errno choice all belong to the engine behind the trait.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod adapter;
 mod engine;
 mod passthrough;

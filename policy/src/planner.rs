@@ -12,30 +12,7 @@
 use std::collections::BTreeSet;
 
 use crate::stats::{AccessStats, Decay};
-
-/// The local tiers, fastest first; the store below them holds everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tier {
-    Vram,
-    Ram,
-    Nvme,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Vram, Tier::Ram, Tier::Nvme];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Tier::Vram => "vram",
-            Tier::Ram => "ram",
-            Tier::Nvme => "nvme",
-        }
-    }
-}
+use crate::tier::Tier;
 
 /// Bytes each tier may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,66 +1,26 @@
 //! Open handles: the files behind them, whether the kernel serves each from a
 //! backing file, and what closing one leaves to do.
 
+use crate::model::version::ChunkKey;
+use crate::model::version::FileVersion;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use parking_lot::Mutex;
 use tierfs_fuse::{Backing, FileIdentity, Flushed, Opened, Released};
 use tierfs_policy::{ReadaheadState, page_cache_behind};
 
+use super::open_files::OpenFile;
 use super::{EngineCore, NVME_SETTLE};
-use crate::chunk::ChunkLayout;
-use crate::chunk_index::ChunkKey;
+use crate::model::chunk::ChunkLayout;
+
 use crate::error::{FsError, FsResult};
-use crate::tiered_reader::FileVersion;
-use crate::write_path::StagedFile;
+
+use crate::write::path::StagedFile;
 
 /// How many chunks ahead of the application the kernel's own readahead may
 /// have sent requests: two windows of the mount's read_ahead_kb, one chunk
 /// (see `mount::raise_readahead`). The page cache there is not left behind yet.
 const KERNEL_READAHEAD_CHUNKS: u64 = 2;
-
-/// An open file: the version it reads and how its reader moves through it, or
-/// the staged file it reads and writes.
-pub(super) struct OpenFile {
-    pub(super) ino: u64,
-    pub(super) version: Option<Arc<FileVersion>>,
-    pub(super) staged: Option<Arc<StagedFile>>,
-    /// Opened for writing: counts as a writer of the staged file.
-    pub(super) writer: bool,
-    pub(super) readahead: Mutex<ReadaheadState>,
-    /// The widest readahead window this handle reached, in chunks.
-    pub(super) widest_window: AtomicU64,
-    /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
-    /// copy, held against eviction, or the staging file.
-    pub(super) passthrough: AtomicBool,
-    /// The chunks below this one had their page cache dropped behind the reader.
-    pub(super) dropped_below: AtomicU64,
-    /// Opened to be served from the kernel's page cache, which held the file
-    /// (see `KernelPageCache`): a read that reaches tierfs shows it no longer does.
-    pub(super) from_page_cache: bool,
-}
-
-impl OpenFile {
-    pub(super) fn new(
-        ino: u64,
-        version: Option<Arc<FileVersion>>,
-        staged: Option<Arc<StagedFile>>,
-        writer: bool,
-    ) -> OpenFile {
-        OpenFile {
-            ino,
-            version,
-            staged,
-            writer,
-            readahead: Mutex::new(ReadaheadState::default()),
-            widest_window: AtomicU64::new(0),
-            passthrough: AtomicBool::new(false),
-            dropped_below: AtomicU64::new(0),
-            from_page_cache: false,
-        }
-    }
-}
 
 impl EngineCore {
     /// Whether handles may be offered backing files (FUSE passthrough): the
@@ -131,7 +91,7 @@ impl EngineCore {
         let backing = self.io_modes.add(open.ino, offer)?;
         open.passthrough.store(backing.is_some(), Ordering::Relaxed);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, Arc::new(open));
+        self.files.insert(fh, Arc::new(open));
         Ok((fh, backing))
     }
 
@@ -153,11 +113,7 @@ impl EngineCore {
     }
 
     pub(super) fn handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::BadHandle(fh))
+        self.files.get(fh).ok_or(FsError::BadHandle(fh))
     }
 
     /// The staged file a handle writes, for the write path.
@@ -171,7 +127,7 @@ impl EngineCore {
 
     /// A handle offered passthrough reads through tierfs after all.
     pub fn end_passthrough(&self, fh: u64) {
-        let open = self.files.lock().get(&fh).cloned();
+        let open = self.files.get(fh);
         let Some(open) = open.filter(|o| o.passthrough.swap(false, Ordering::Relaxed)) else {
             return;
         };
@@ -270,7 +226,7 @@ impl EngineCore {
     }
 
     pub fn release(self: &Arc<Self>, fh: u64) -> Released {
-        let Some(open) = self.files.lock().remove(&fh) else {
+        let Some(open) = self.files.remove(fh) else {
             return Released::default();
         };
         let passthrough = open.passthrough.load(Ordering::Relaxed);
@@ -289,9 +245,7 @@ impl EngineCore {
         let Some(version) = &open.version else {
             return Released::default();
         };
-        if !self.version_is_open(version.id) {
-            self.version_closed(version.id);
-        }
+        self.kept.closed(version.id);
         tracing::debug!(
             path = %version.path,
             widest_readahead = open.widest_window.load(Ordering::Relaxed),
@@ -332,9 +286,6 @@ impl EngineCore {
 
     /// The file version an open handle reads, for tests and tools.
     pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
-        self.files
-            .lock()
-            .get(&fh)
-            .and_then(|open| open.version.clone())
+        self.files.get(fh).and_then(|open| open.version.clone())
     }
 }

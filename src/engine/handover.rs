@@ -13,6 +13,7 @@
 //! has, and the handover does not compete with it for the disk. Nor does it
 //! with cold reads of other files: it waits while chunks are being fetched.
 
+use crate::model::version::FileVersion;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -21,8 +22,7 @@ use tierfs_fuse::KernelNotices;
 
 use super::page_cache::HandoverTicket;
 use super::{EngineCore, NVME_SETTLE};
-use crate::chunk::ChunkLayout;
-use crate::tiered_reader::FileVersion;
+use crate::model::chunk::ChunkLayout;
 
 impl EngineCore {
     /// The mount is up: its kernel takes notices to drop page caches.

@@ -1,6 +1,9 @@
 //! What the kernel's page cache of each tierfs file holds of the bytes that
 //! reads through tierfs gave it.
 
+use crate::model::version::ChunkKey;
+use crate::model::version::FileId;
+use crate::model::version::FileVersion;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -8,10 +11,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::EngineCore;
-use crate::chunk::ChunkLayout;
-use crate::chunk_index::{ChunkKey, FileId};
-use crate::error::{FsError, FsResult};
-use crate::tiered_reader::FileVersion;
+use crate::model::chunk::ChunkLayout;
+
+use crate::error::FsResult;
+use crate::io::blocking::run_blocking;
 
 /// Inodes whose page cache in the kernel holds what reads through tierfs
 /// filled it with, and the version those reads were of.
@@ -174,9 +177,7 @@ impl EngineCore {
             return self.reader.read(file, offset, len).await.map(Some);
         }
         let (reader, id) = (self.reader.clone(), file.id);
-        tokio::task::spawn_blocking(move || reader.nvme().read_checked_range(id, offset, len))
-            .await
-            .map_err(|e| FsError::Cache(e.to_string()))?
+        run_blocking(move || reader.nvme().read_checked_range(id, offset, len)).await
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tierfs::engine::{EngineConfig, EngineCore};
+use tierfs::model::options::MountOptions;
 use tierfs::namespace::ROOT_INO;
-use tierfs::options::MountOptions;
 use tierfs::store::StoreClient;
 
 pub const CHUNK: u64 = 64 << 10;

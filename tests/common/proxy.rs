@@ -166,6 +166,8 @@ fn reset(conn: TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
+    // SAFETY: the descriptor is open (owned by `conn`) and the option value is a
+    // live `linger` of the size passed.
     unsafe {
         libc::setsockopt(
             conn.as_raw_fd(),

@@ -1,0 +1,559 @@
+//! The engine: the namespace and the tiered read path behind the FUSE adapter's
+//! [`FsEngine`] trait. Each operation is an async method here; the trait methods
+//! hand them to the tokio runtime and answer the kernel when they finish.
+
+use crate::model::version::FileId;
+use crate::model::version::FileVersion;
+use crate::namespace::object_path;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::store::StoreClient;
+use crate::write::path::WriteSide;
+use crate::write::registry::WriteRegistry;
+use crate::write::staging::StagingArea;
+use crate::write::uploader::Uploader;
+use parking_lot::Mutex;
+use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, StatFs};
+
+use crate::engine::io_modes::InodeIoModes;
+use crate::error::{FsError, FsResult};
+use crate::meta::chunk_index::{ChunkIndex, VersionInfo};
+use crate::model::options::MountOptions;
+use crate::model::version::OpenVersions;
+use crate::namespace::{Namespace, Node};
+use crate::tier_manager::access::AccessTable;
+use crate::tier_manager::job_queue::Mover;
+use crate::tier_manager::pins::PinTable;
+use crate::tier_manager::placement::{Placement, TierManager};
+use crate::tiers::kept_versions::KeptVersions;
+use crate::tiers::nvme::NvmeTier;
+use crate::tiers::reader::TieredReader;
+use tierfs_policy::PlanConfig;
+
+pub mod fuse_bridge;
+mod handles;
+mod handover;
+pub mod io_modes;
+pub mod namespace_ops;
+mod open_files;
+mod page_cache;
+mod read;
+pub mod xattrs;
+
+use open_files::{OpenFile, OpenFiles};
+use page_cache::KernelPageCache;
+
+/// The longest an open waits for a version's last NVMe writes, to be served by
+/// passthrough (see [`TieredReader::settle_nvme`]).
+const NVME_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counters of the engine itself.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Seeks that closed a readahead window.
+    pub readahead_resets: AtomicU64,
+    pub fuse_latency: crate::model::latency::FuseLatency,
+}
+
+/// Everything the engine needs to start.
+pub struct EngineConfig {
+    pub store: StoreClient,
+    /// Names the store in cache keys (see `StoreLocation::identity`).
+    pub store_id: String,
+    pub cache_dir: PathBuf,
+    pub options: MountOptions,
+}
+
+pub struct EngineCore {
+    store: Arc<dyn ObjectStore>,
+    store_id: String,
+    options: MountOptions,
+    cache_dir: PathBuf,
+    uid: u32,
+    gid: u32,
+    ns: Namespace,
+    index: Arc<ChunkIndex>,
+    reader: Arc<TieredReader>,
+    files: Arc<OpenFiles>,
+    writes: WriteSide,
+    dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
+    /// Whether each open inode is served through tierfs or from a backing file.
+    io_modes: InodeIoModes,
+    /// The kernel takes no backing files on this mount (see [`Self::passthrough`]).
+    passthrough_unavailable: AtomicBool,
+    /// The version each inode had when it was last opened, for FOPEN_KEEP_CACHE.
+    last_opened: Mutex<HashMap<u64, FileId>>,
+    kernel_cache: KernelPageCache,
+    /// The mounted kernel's notices, once there is one.
+    kernel: std::sync::OnceLock<Arc<dyn tierfs_fuse::KernelNotices>>,
+    /// Page cache handovers run one at a time.
+    handovers: tokio::sync::Semaphore,
+    next_fh: AtomicU64,
+    kept: KeptVersions,
+    manager: TierManager,
+    access: AccessTable,
+    pub stats: EngineStats,
+}
+
+impl EngineCore {
+    /// Opens the cache and the registry; must run inside the tokio runtime,
+    /// which resumes the uploads that a restart finds.
+    pub fn start(config: EngineConfig) -> FsResult<Arc<EngineCore>> {
+        let EngineConfig {
+            store,
+            store_id,
+            cache_dir,
+            options,
+        } = config;
+        std::fs::create_dir_all(&cache_dir)?;
+        let index = Arc::new(ChunkIndex::open(&crate::model::paths::index_dir(
+            &cache_dir,
+        ))?);
+        let dirty = Arc::new(AtomicU64::new(0));
+        let nvme = Arc::new(NvmeTier::open(
+            &cache_dir,
+            index.clone(),
+            options.chunk_size,
+            options.cache_size,
+            options.cache_min_free,
+            dirty.clone(),
+        )?);
+        let reader = TieredReader::new(store.objects.clone(), nvme, &options);
+        let files = Arc::new(OpenFiles::default());
+        let kept = KeptVersions::new(reader.clone(), files.clone());
+        let plan_config = PlanConfig::default();
+        let manager = TierManager {
+            pins: PinTable::load(index.clone())?,
+            mover: Arc::new(Mover::new(options.pin_bandwidth, options.promote_bandwidth)),
+            placement: Placement::default(),
+            plan_config,
+        };
+        let access = AccessTable::load(index.clone(), plan_config.decay)?;
+        let registry = Arc::new(WriteRegistry::new(index.clone()));
+        let staging = Arc::new(StagingArea::open(&cache_dir)?);
+        let uploader = Arc::new(Uploader::new(
+            store.clone(),
+            registry.clone(),
+            staging.clone(),
+            options.upload_concurrency,
+            options.upload_bandwidth,
+        ));
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let core = Arc::new(EngineCore {
+            store: store.objects,
+            store_id,
+            writes: WriteSide::new(registry, staging, uploader, dirty),
+            uid: options.uid.unwrap_or(uid),
+            gid: options.gid.unwrap_or(gid),
+            ns: Namespace::new(options.metadata_ttl),
+            options,
+            cache_dir,
+            index,
+            reader,
+            files,
+            dirs: Mutex::new(HashMap::new()),
+            last_opened: Mutex::new(HashMap::new()),
+            kernel_cache: KernelPageCache::default(),
+            kernel: std::sync::OnceLock::new(),
+            handovers: tokio::sync::Semaphore::new(1),
+            io_modes: InodeIoModes::default(),
+            passthrough_unavailable: AtomicBool::new(false),
+            next_fh: AtomicU64::new(1),
+            kept,
+            manager,
+            access,
+            stats: EngineStats::default(),
+        });
+        core.recover_writes()?;
+        core.start_housekeeping();
+        core.start_mover();
+        Ok(core)
+    }
+
+    pub(crate) fn writes(&self) -> &WriteSide {
+        &self.writes
+    }
+
+    pub(crate) fn index(&self) -> &ChunkIndex {
+        &self.index
+    }
+
+    /// Which versions open handles read.
+    pub(crate) fn open_files(&self) -> &dyn OpenVersions {
+        self.files.as_ref()
+    }
+
+    pub fn manager(&self) -> &TierManager {
+        &self.manager
+    }
+
+    pub(crate) fn access(&self) -> &AccessTable {
+        &self.access
+    }
+
+    pub(crate) fn kept(&self) -> &KeptVersions {
+        &self.kept
+    }
+
+    pub(crate) fn ns(&self) -> &Namespace {
+        &self.ns
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn cache_dir(&self) -> &std::path::Path {
+        &self.cache_dir
+    }
+
+    pub fn options(&self) -> &MountOptions {
+        &self.options
+    }
+
+    /// Names an object (not a version of it) in the chunk index.
+    pub(crate) fn object_id(&self, key: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(format!("{}\0{}", self.store_id, key).as_bytes())
+    }
+
+    /// Bytes written through the mount that the store does not have verified yet.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.writes.dirty_bytes()
+    }
+
+    /// Uploads queued or running.
+    pub fn pending_uploads(&self) -> usize {
+        self.writes.pending_uploads()
+    }
+
+    pub fn uploader(&self) -> &Uploader {
+        &self.writes.uploader
+    }
+
+    pub fn reader(&self) -> &Arc<TieredReader> {
+        &self.reader
+    }
+
+    pub fn entry(&self, node: &Node) -> Entry {
+        let (perm, size) = match node.kind {
+            FileKind::Directory => (0o755, 0),
+            FileKind::File => (0o644, self.direct_size(node).unwrap_or(node.size)),
+        };
+        let perm = if self.options.read_only {
+            perm & 0o555
+        } else {
+            perm
+        };
+        Entry {
+            attr: Attr {
+                ino: node.ino,
+                kind: node.kind,
+                size,
+                mtime: node.mtime,
+                perm,
+                uid: self.uid,
+                gid: self.gid,
+            },
+            ttl: self.ns.ttl(),
+        }
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
+        self.ns.node(ino).ok_or(FsError::NotFound)
+    }
+
+    pub(crate) fn dir_node(&self, ino: u64) -> FsResult<Node> {
+        let node = self.node(ino)?;
+        if node.kind != FileKind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        Ok(node)
+    }
+
+    async fn list(&self, dir: &Node) -> FsResult<Arc<[DirEntry]>> {
+        let prefix = if dir.path.is_empty() {
+            None
+        } else {
+            Some(object_path(&dir.path)?)
+        };
+        let listing = match self.store.list_with_delimiter(prefix.as_ref()).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::InvalidPath { source }) => {
+                // The store client refuses the whole listing when one key has an
+                // empty, '.' or '..' segment; the directory cannot be shown.
+                let why = format!(
+                    "the directory holds a key that cannot be a path ({source}); it cannot be listed"
+                );
+                self.ns.warn_once(&dir.path, &why);
+                return Err(FsError::Unlistable(why));
+            }
+            Err(e) => {
+                // Offline, the names last seen stay usable, so that cached files
+                // can still be found and read.
+                let Some(entries) = self.ns.last_listing(dir.ino) else {
+                    return Err(FsError::from_store(e));
+                };
+                tracing::info!(path = %dir.path, "store unreachable, serving the last listing: {e}");
+                return Ok(entries);
+            }
+        };
+        Ok(self.ns.install_listing(dir.ino, listing))
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Node> {
+        let dir = self.dir_node(parent)?;
+        if let Some(found) = self.ns.fresh_child(parent, name) {
+            return found.ok_or(FsError::NotFound);
+        }
+        self.list(&dir).await?;
+        self.ns.listed_child(parent, name).ok_or(FsError::NotFound)
+    }
+
+    /// Lists a directory (from the cache while fresh) and returns a handle to the
+    /// snapshot that readdir pages through.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let dir = self.dir_node(ino)?;
+        let entries = match self.ns.fresh_listing(ino) {
+            Some(entries) => entries,
+            None => self.list(&dir).await?,
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, entries);
+        Ok(fh)
+    }
+
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<[DirEntry]>> {
+        self.dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// Opens a file at the version the store has now. When the parent's listing
+    /// is stale the object is checked with a HEAD; if the store cannot be reached
+    /// the last known version is served, so cached files stay readable offline.
+    pub async fn open(&self, ino: u64, write: bool, truncate: bool) -> FsResult<Opened> {
+        let mut node = self.node(ino)?;
+        if node.kind == FileKind::Directory {
+            return Err(FsError::IsADirectory);
+        }
+        if write {
+            self.writable()?;
+        }
+        if write || node.staged.is_some() {
+            match self.open_staged(node, write, truncate).await? {
+                Some(opened) => return Ok(opened),
+                // Uploaded and adopted meanwhile: it is the object now.
+                None => node = self.node(ino)?,
+            }
+        }
+        if self
+            .ns
+            .fresh_child(node.parent, &node_name(&node))
+            .is_none()
+        {
+            let path = object_path(&node.path)?;
+            match self.store.head(&path).await {
+                Ok(meta) => node = self.ns.refresh_file(ino, &meta).unwrap_or(node),
+                Err(object_store::Error::NotFound { .. }) => {
+                    self.ns.invalidate(node.parent);
+                    return Err(FsError::NotFound);
+                }
+                Err(e) => {
+                    tracing::info!(path = %node.path, "store unreachable, serving the known version: {e}")
+                }
+            }
+        }
+        let version = self.version_of(&node)?;
+        self.access
+            .record(&version, crate::model::clock::now_secs());
+        let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
+        // Served from the kernel's page cache when it holds the file (see
+        // `KernelPageCache`): nothing to wait for then.
+        let from_page_cache = self.kernel_cache.opened(ino, version.id) && keep_cache;
+        if self.passthrough() && !from_page_cache {
+            self.reader
+                .settle_nvme(version.id, version.size, NVME_SETTLE)
+                .await;
+        }
+        let mut open = OpenFile::new(ino, Some(version.clone()), None, false);
+        open.from_page_cache = from_page_cache;
+        let (fh, backing) = self.add_handle(open, |live| {
+            self.version_backing(&version, live, !from_page_cache)
+        })?;
+        Ok(Opened {
+            fh,
+            keep_cache,
+            backing,
+        })
+    }
+
+    /// Opens a file through its staging file, staging it first for a write.
+    /// None for a read when the file stopped being staged meanwhile (its upload
+    /// was adopted and the staging file removed): the caller opens the object.
+    async fn open_staged(
+        &self,
+        node: Node,
+        write: bool,
+        truncate: bool,
+    ) -> FsResult<Option<Opened>> {
+        let mut node = node;
+        let staged = loop {
+            let staged = match node.staged {
+                Some(id) => match self.staged_file(id, node.ino) {
+                    Ok(staged) => staged,
+                    Err(e) => {
+                        let now = self.node(node.ino)?;
+                        if now.staged == Some(id) {
+                            return Err(e);
+                        }
+                        if !write && now.staged.is_none() {
+                            return Ok(None);
+                        }
+                        node = now;
+                        continue;
+                    }
+                },
+                None => {
+                    let staged = match self.stage_from_passthrough_copy(&node) {
+                        Ok(Some(staged)) => staged,
+                        Ok(None) => {
+                            self.stage_new(node.ino, &node.path, (!truncate).then_some(&node))
+                                .await?
+                        }
+                        Err(e) => {
+                            // Another writer took the copy over just now: join it.
+                            let now = self.node(node.ino)?;
+                            if now.staged.is_none() {
+                                return Err(e);
+                            }
+                            node = now;
+                            continue;
+                        }
+                    };
+                    self.ns.update(node.ino, |n| n.staged = Some(staged.id));
+                    staged
+                }
+            };
+            if !write || self.add_writer(&staged) {
+                break staged;
+            }
+            // Uploaded and adopted just now: stage it again from the store.
+            node = self.node(node.ino)?;
+        };
+        if truncate && staged.size() > 0 {
+            self.truncate_staged(&staged, 0)?;
+        }
+        self.add_staged_handle(node.ino, staged, write).map(Some)
+    }
+
+    /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
+    pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
+        let open = self.handle(fh)?;
+        match open.staged.clone() {
+            Some(staged) => {
+                if open.writer && open.passthrough.load(Ordering::Relaxed) {
+                    self.absorb_direct_writes(&staged);
+                }
+                self.fsync_staged(&staged).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The cache name of the version a node shows: its ETag, or its size and
+    /// modification time for a store that gives none.
+    pub(crate) fn file_id(&self, node: &Node) -> FileId {
+        self.version_id(&node.path, node.size, node.etag.as_deref(), node.mtime)
+    }
+
+    fn version_id(&self, key: &str, size: u64, etag: Option<&str>, mtime: SystemTime) -> FileId {
+        let tag = match etag {
+            Some(etag) => etag.to_string(),
+            None => format!("{size}:{mtime:?}"),
+        };
+        FileId::new(&self.store_id, key, &tag, self.options.chunk_size)
+    }
+
+    pub(crate) fn version_of(&self, node: &Node) -> FsResult<Arc<FileVersion>> {
+        self.bind_version(&node.path, node.size, node.etag.clone(), node.mtime)
+    }
+
+    /// The version an object's listing entry shows, bound as the object's current one.
+    pub(crate) fn version_of_object(
+        &self,
+        meta: &object_store::ObjectMeta,
+    ) -> FsResult<Arc<FileVersion>> {
+        self.bind_version(
+            meta.location.as_ref(),
+            meta.size,
+            meta.e_tag.clone(),
+            meta.last_modified.into(),
+        )
+    }
+
+    fn bind_version(
+        &self,
+        key: &str,
+        size: u64,
+        etag: Option<String>,
+        mtime: SystemTime,
+    ) -> FsResult<Arc<FileVersion>> {
+        let id = self.version_id(key, size, etag.as_deref(), mtime);
+        let object = self.object_id(key);
+        let info = VersionInfo {
+            created: mtime
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            key: key.to_string(),
+            digest: None,
+        };
+        if let Some(old) = self.index.bind_object(object, id, &info)? {
+            tracing::info!(path = %key, "object changed in the store; dropping its cached chunks");
+            self.kept.retire(old)?;
+        }
+        Ok(Arc::new(FileVersion {
+            path: object_path(key)?,
+            id,
+            size,
+            etag,
+        }))
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        let bsize = 4096u64;
+        let nvme = self.reader.nvme();
+        let free = nvme
+            .budget()
+            .saturating_sub(nvme.used() + self.writes.dirty_bytes());
+        StatFs {
+            blocks: nvme.budget() / bsize,
+            bfree: free / bsize,
+            bavail: free / bsize,
+            files: self.ns.node_count(),
+            ffree: u32::MAX as u64,
+            bsize: bsize as u32,
+            namelen: 255,
+        }
+    }
+
+    pub fn cache_file(&self, id: FileId) -> PathBuf {
+        self.reader.nvme().data_path(id)
+    }
+}
+
+fn node_name(node: &Node) -> String {
+    node.path.rsplit('/').next().unwrap_or("").to_string()
+}

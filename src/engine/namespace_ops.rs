@@ -1,0 +1,347 @@
+//! Namespace changes through the mount: create, mkdir, unlink, rmdir, rename,
+//! and rebuilding what was written but not uploaded after a restart.
+
+use crate::namespace::is_below;
+use crate::namespace::is_within;
+use crate::namespace::object_path;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use tierfs_fuse::FileKind;
+
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+use crate::namespace::{Node, valid_name};
+use crate::write::path::StagedFile;
+use crate::write::registry::{SealedUpload, StagedRecord};
+use crate::write::staging::seal_digests;
+
+impl EngineCore {
+    /// The child `name` of `parent`, if there is one.
+    async fn child(&self, parent: u64, name: &str) -> FsResult<Option<Node>> {
+        match self.lookup(parent, name).await {
+            Ok(node) => Ok(Some(node)),
+            Err(FsError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates (or truncates) a file; it is staged until uploaded.
+    pub async fn create(&self, parent: u64, name: &str) -> FsResult<(Node, Arc<StagedFile>)> {
+        self.writable()?;
+        valid_name(name)?;
+        let dir = self.dir_node(parent)?;
+        if let Some(existing) = self.child(parent, name).await? {
+            if existing.kind == FileKind::Directory {
+                return Err(FsError::IsADirectory);
+            }
+            if let Some(id) = existing.staged {
+                self.drop_staged(id)?;
+            }
+        }
+        let key = crate::namespace::join(&dir.path, name);
+        let node = self.ns().add_local(parent, name, FileKind::File, None, 0)?;
+        let staged = self.stage_new(node.ino, &key, None).await?;
+        // A new file cannot have been uploaded yet.
+        self.add_writer(&staged);
+        let node = self
+            .ns()
+            .update(node.ino, |n| n.staged = Some(staged.id))
+            .ok_or(FsError::NotFound)?;
+        Ok((node, staged))
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Node> {
+        self.writable()?;
+        valid_name(name)?;
+        let dir = self.dir_node(parent)?;
+        if self.child(parent, name).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        self.writes()
+            .registry
+            .put_dir(&crate::namespace::join(&dir.path, name))?;
+        self.ns()
+            .add_local(parent, name, FileKind::Directory, None, 0)
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let node = self.child(parent, name).await?.ok_or(FsError::NotFound)?;
+        if node.kind == FileKind::Directory {
+            return Err(FsError::IsADirectory);
+        }
+        if let Some(id) = node.staged {
+            self.drop_staged(id)?;
+        }
+        // An older version may be in the store even when the file is staged.
+        let path = object_path(&node.path)?;
+        match self.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(FsError::from_store(e)),
+        }
+        self.ns().remove_child(parent, name);
+        Ok(())
+    }
+
+    /// Whether a directory has entries, in the store or only here.
+    async fn is_empty_dir(&self, dir: &Node) -> FsResult<bool> {
+        let fh = self.opendir(dir.ino).await?;
+        let entries = self.readdir(fh);
+        self.releasedir(fh);
+        Ok(entries?.len() <= 2)
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let node = self.child(parent, name).await?.ok_or(FsError::NotFound)?;
+        if node.kind != FileKind::Directory {
+            return Err(FsError::NotADirectory);
+        }
+        // A fresh listing: another client may have put objects below.
+        self.ns().invalidate(node.ino);
+        if !self.is_empty_dir(&node).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.writes().registry.delete_dir(&node.path)?;
+        self.ns().remove_child(parent, name);
+        Ok(())
+    }
+
+    /// Renames a file or a directory. Staged files move by changing their record
+    /// (all of a directory's in one batch); objects already in the store are
+    /// copied and deleted there before the rename is answered.
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        no_replace: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        valid_name(new_name)?;
+        let node = self.child(parent, name).await?.ok_or(FsError::NotFound)?;
+        let target_dir = self.dir_node(new_parent)?;
+        let new_path = crate::namespace::join(&target_dir.path, new_name);
+        if new_path == node.path {
+            return Ok(());
+        }
+        if node.kind == FileKind::Directory && is_below(&new_path, &node.path) {
+            return Err(FsError::InvalidArgument(
+                "cannot move a directory into itself".into(),
+            ));
+        }
+        if let Some(target) = self.child(new_parent, new_name).await? {
+            if no_replace {
+                return Err(FsError::Exists);
+            }
+            match (node.kind, target.kind) {
+                (FileKind::File, FileKind::Directory) => return Err(FsError::IsADirectory),
+                (FileKind::Directory, FileKind::File) => return Err(FsError::NotADirectory),
+                (FileKind::Directory, FileKind::Directory) => {
+                    self.ns().invalidate(target.ino);
+                    if !self.is_empty_dir(&target).await? {
+                        return Err(FsError::NotEmpty);
+                    }
+                    self.writes().registry.delete_dir(&target.path)?;
+                }
+                (FileKind::File, FileKind::File) => {
+                    // Readers of the replaced file keep its bytes.
+                    self.kept().keep_for_readers(&target.path).await;
+                    if let Some(id) = target.staged {
+                        self.drop_staged(id)?;
+                    }
+                }
+            }
+            self.ns().remove_child(new_parent, new_name);
+        }
+        match node.kind {
+            FileKind::File => self.move_objects(&node.path, &new_path, false).await?,
+            FileKind::Directory => self.move_objects(&node.path, &new_path, true).await?,
+        }
+        self.ns().rename(node.ino, new_parent, new_name)?;
+        Ok(())
+    }
+
+    /// Moves everything at `from` (a key, or every key below it for a
+    /// directory) to `to`: store objects first, then the records in one batch.
+    async fn move_objects(&self, from: &str, to: &str, tree: bool) -> FsResult<()> {
+        let registry = &self.writes().registry;
+        let staged: Vec<(u64, StagedRecord)> = registry
+            .all()?
+            .into_iter()
+            .filter(|(_, r)| moves(&r.key, from, tree))
+            .collect();
+        let staged_keys: HashSet<String> = staged.iter().map(|(_, r)| r.key.clone()).collect();
+        let in_store: Vec<String> = if tree {
+            let prefix = object_path(from)?;
+            self.store()
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location.to_string())
+                .try_collect()
+                .await
+                .map_err(FsError::from_store)?
+        } else {
+            match self.store().head(&object_path(from)?).await {
+                Ok(_) => vec![from.to_string()],
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(FsError::from_store(e)),
+            }
+        };
+        let store = self.store().clone();
+        let moved: Vec<String> = in_store
+            .into_iter()
+            .filter(|k| !staged_keys.contains(k))
+            .collect();
+        futures::stream::iter(moved.clone())
+            .map(|key| {
+                let store = store.clone();
+                async move {
+                    let dest = format!("{to}{}", &key[from.len()..]);
+                    store
+                        .rename(&object_path(&key)?, &object_path(&dest)?)
+                        .await
+                        .map_err(FsError::from_store)
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let client = self.writes().uploader.client();
+        for key in &moved {
+            client.prune_empty_parents(key);
+        }
+        let dirs: Vec<(String, String)> = registry
+            .dirs()?
+            .into_iter()
+            .filter(|d| moves(d, from, tree))
+            .map(|d| {
+                let dest = format!("{to}{}", &d[from.len()..]);
+                (d, dest)
+            })
+            .collect();
+        let uploaded_meanwhile = registry.locked(|| -> FsResult<Vec<String>> {
+            // Records read again under the lock: the uploader may have moved on.
+            let mut rekeyed = Vec::new();
+            let mut gone = Vec::new();
+            for (id, before) in &staged {
+                match registry.get(*id)? {
+                    Some(mut record) => {
+                        record.key = format!("{to}{}", &record.key[from.len()..]);
+                        rekeyed.push((*id, record));
+                    }
+                    None => gone.push(before.key.clone()),
+                }
+            }
+            registry.move_tree(&dirs, &rekeyed)?;
+            Ok(gone)
+        })?;
+        // Files whose upload completed while this rename ran are objects now.
+        for key in uploaded_meanwhile {
+            let dest = format!("{to}{}", &key[from.len()..]);
+            match store
+                .rename(&object_path(&key)?, &object_path(&dest)?)
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(FsError::from_store(e)),
+            }
+            client.prune_empty_parents(&key);
+        }
+        Ok(())
+    }
+
+    /// After a restart: shows staged files and made directories again, seals
+    /// files that were open when the daemon stopped, and resumes their uploads.
+    pub(crate) fn recover_writes(self: &Arc<Self>) -> FsResult<()> {
+        let writes = self.writes();
+        for dir in writes.registry.dirs()? {
+            self.ns().ensure_local(&dir, FileKind::Directory, None, 0)?;
+        }
+        let mut live = HashSet::new();
+        let mut queue = Vec::new();
+        for (id, mut record) in writes.registry.all()? {
+            writes.staging.reserve_above(id);
+            let file = match writes.staging.open_file(id) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::error!(key = %record.key, "staged file lost ({e}); its record is dropped");
+                    writes.registry.delete(id)?;
+                    continue;
+                }
+            };
+            live.insert(id);
+            if record.sealed.is_none() {
+                // Open for writing when the daemon stopped: keep what reached the disk.
+                let digests = seal_digests(&file, self.options().chunk_size)?;
+                record.sealed = Some(SealedUpload::new(digests, self.options().chunk_size, 1));
+                writes.registry.put(id, &record, true)?;
+            }
+            let size = file.metadata()?.len();
+            let node = self
+                .ns()
+                .ensure_local(&record.key, FileKind::File, Some(id), size)?;
+            let staged = self.staged_file(id, node.ino)?;
+            self.note_recovered(&staged, record.sealed.as_ref().map_or(0, |s| s.generation));
+            queue.push(id);
+        }
+        let removed = writes.staging.sweep(&live)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed staging files whose uploads had completed");
+        }
+        if !queue.is_empty() {
+            tracing::info!(files = queue.len(), "resuming uploads");
+        }
+        for id in queue {
+            self.queue_upload(id);
+        }
+        Ok(())
+    }
+}
+
+fn moves(key: &str, from: &str, tree: bool) -> bool {
+    if tree {
+        is_within(key, from)
+    } else {
+        key == from
+    }
+}
+
+impl EngineCore {
+    /// Changes the size (truncate) or the modification time. Modes and owners
+    /// are not kept: every file shows the mount's owner and mode.
+    pub async fn setattr(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: Option<u64>,
+        size: Option<u64>,
+        mtime: Option<std::time::SystemTime>,
+    ) -> FsResult<Node> {
+        let node = self.node(ino)?;
+        if let Some(size) = size {
+            self.writable()?;
+            if node.kind == FileKind::Directory {
+                return Err(FsError::IsADirectory);
+            }
+            match fh.and_then(|fh| self.writable_handle(fh).ok()) {
+                Some(staged) => self.truncate_staged(&staged, size)?,
+                None => {
+                    // truncate(2) by path: stage, change, and seal on release.
+                    let opened = self.open(ino, true, size == 0).await?;
+                    let result = self
+                        .writable_handle(opened.fh)
+                        .and_then(|staged| self.truncate_staged(&staged, size));
+                    self.release(opened.fh);
+                    result?;
+                }
+            }
+        }
+        if let Some(mtime) = mtime {
+            self.ns().update(ino, |n| n.mtime = mtime);
+        }
+        self.node(ino)
+    }
+}

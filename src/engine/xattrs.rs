@@ -1,0 +1,211 @@
+//! Extended attributes under `user.tierfs.`, the control surface any tool can
+//! use (`getfattr`, `setfattr`):
+//!
+//! - `user.tierfs.tier` (read): where a file's bytes are, per tier, as percent
+//!   and bytes, such as `ram 25% 2097152, nvme 100% 8388608, store 100% 8388608`.
+//! - `user.tierfs.digest` (read): the whole-file xxh3-128 digest, when known (files
+//!   written through the mount; the store keeps it in object metadata).
+//! - `user.tierfs.prefetch` (write `ram` or `nvme`): fetches the file (or every
+//!   file below the directory) into that tier once, in the background, without
+//!   pinning it.
+//! - `user.tierfs.pin` (write `ram` or `nvme`, remove to unpin; read on a file
+//!   gives the pin that applies to it): keeps a file, or everything below a
+//!   directory including files created later, in the tier.
+
+use crate::namespace::object_path;
+
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+use crate::namespace::Node;
+use crate::store::digest_metadata::head_digest;
+use crate::tier_manager::job_queue::{JobAction, JobClass};
+
+use crate::model::tier::{Tier, parse_tier};
+use tierfs_fuse::FileKind;
+
+pub const TIER: &str = "user.tierfs.tier";
+pub const DIGEST: &str = "user.tierfs.digest";
+pub const PREFETCH: &str = "user.tierfs.prefetch";
+pub const PIN: &str = "user.tierfs.pin";
+/// On the mount's root (read): the path of the control socket.
+pub const CONTROL: &str = "user.tierfs.control";
+
+impl EngineCore {
+    /// The attribute names a node has, each followed by a NUL byte. The digest
+    /// is listed when it is known here (written through this cache); it may
+    /// still be read from the store's metadata by name.
+    pub fn list_xattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        let mut names = Vec::new();
+        if node.kind == FileKind::File {
+            names.push(TIER);
+            if self.known_digest(&node).is_some() {
+                names.push(DIGEST);
+            }
+        }
+        if self.manager().pins.effective(&node.path).is_some() {
+            names.push(PIN);
+        }
+        if node.path.is_empty() {
+            names.push(CONTROL);
+        }
+        let mut out = Vec::new();
+        for name in names {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// The digest of a staged file's sealed bytes, or of a version uploaded
+    /// through this cache.
+    fn known_digest(&self, node: &Node) -> Option<u128> {
+        match node.staged {
+            Some(id) => self
+                .writes()
+                .registry
+                .get(id)
+                .ok()??
+                .sealed
+                .filter(|s| s.size == node.size)
+                .map(|s| s.digest),
+            None => {
+                let id = self.file_id(node);
+                self.index().version_info(id).ok()??.digest
+            }
+        }
+    }
+
+    pub async fn get_xattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if name == PIN {
+            return match self.manager().pins.effective(&node.path) {
+                Some((_, tier)) => Ok(tier.name().as_bytes().to_vec()),
+                None => Err(FsError::NoAttribute),
+            };
+        }
+        if name == CONTROL && node.path.is_empty() {
+            let socket = crate::model::paths::socket_path(self.cache_dir());
+            return Ok(socket.into_os_string().into_encoded_bytes());
+        }
+        if node.kind != FileKind::File {
+            return Err(FsError::NoAttribute);
+        }
+        match name {
+            TIER => Ok(self.tier_report(&node)?.into_bytes()),
+            DIGEST => self.digest_of(&node).await.map(String::into_bytes),
+            _ => Err(FsError::NoAttribute),
+        }
+    }
+
+    pub fn remove_xattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        let node = self.node(ino)?;
+        match name {
+            PIN => self.unpin(&node.path),
+            TIER | DIGEST | CONTROL => {
+                Err(FsError::InvalidArgument(format!("{name} is read-only")))
+            }
+            PREFETCH => Err(FsError::NoAttribute),
+            _ => Err(FsError::NotSupported(format!("extended attribute {name}"))),
+        }
+    }
+
+    pub async fn set_xattr(&self, ino: u64, name: &str, value: &[u8]) -> FsResult<()> {
+        let node = self.node(ino)?;
+        match name {
+            PREFETCH => {
+                let tier = parse_tier(name, value).inspect_err(|e| tracing::warn!("{e}"))?;
+                self.prefetch(&node, tier);
+                Ok(())
+            }
+            PIN => {
+                let tier = parse_tier(name, value).inspect_err(|e| tracing::warn!("{e}"))?;
+                self.pin(&node.path, tier).await
+            }
+            TIER | DIGEST | CONTROL => {
+                Err(FsError::InvalidArgument(format!("{name} is read-only")))
+            }
+            _ => Err(FsError::NotSupported(format!("extended attribute {name}"))),
+        }
+    }
+
+    /// `ram 25% 2097152, nvme 100% 8388608, store 100% 8388608`: the share of
+    /// the file in each tier, and its bytes there.
+    fn tier_report(&self, node: &Node) -> FsResult<String> {
+        let share = |bytes: u64| {
+            // An empty file is wholly wherever it is.
+            let percent = (bytes * 100).checked_div(node.size).unwrap_or(100).min(100);
+            format!("{percent}% {bytes}")
+        };
+        if node.staged.is_some() {
+            // Written through the mount, not yet verified in the store.
+            return Ok(format!(
+                "ram {}, nvme {}, store {}",
+                share(0),
+                share(node.size),
+                share(0)
+            ));
+        }
+        // Only looks: the version is bound when the file is opened.
+        let id = self.file_id(node);
+        let ram = self.reader().ram_bytes_of(id, node.size);
+        let nvme = self.reader().nvme().bytes_of(id);
+        let mut report = format!(
+            "ram {}, nvme {}, store {}",
+            share(ram),
+            share(nvme),
+            share(node.size)
+        );
+        // A pin's progress: the share of the file in its tier and held there.
+        if let Some((_, tier)) = self.manager().pins.effective(&node.path) {
+            let held = match tier {
+                Tier::Ram if self.reader().ram().hold_of(id).is_some() => ram,
+                Tier::Nvme if self.pin_holds_nvme(&node.path, id) => nvme,
+                _ => 0,
+            };
+            let percent = (held * 100).checked_div(node.size).unwrap_or(100).min(100);
+            report.push_str(&format!(", pin {} {percent}%", tier.name()));
+        }
+        Ok(report)
+    }
+
+    /// The whole-file digest: of the sealed bytes for a staged file, from the
+    /// object's metadata otherwise.
+    async fn digest_of(&self, node: &Node) -> FsResult<String> {
+        if let Some(digest) = self.known_digest(node) {
+            return Ok(format!("{digest:032x}"));
+        }
+        if node.staged.is_some() {
+            return Err(FsError::NoAttribute);
+        }
+        head_digest(self.store().as_ref(), &object_path(&node.path)?)
+            .await
+            .map_err(FsError::from_store)?
+            .ok_or(FsError::NoAttribute)
+    }
+
+    /// Fetches every chunk of a file, or of every file below a directory, once,
+    /// in the background.
+    fn prefetch(&self, node: &Node, tier: Tier) {
+        if node.staged.is_some() {
+            return; // Its bytes are all local already.
+        }
+        self.manager().mover.submit(
+            JobClass::Explicit,
+            JobAction::Fetch(tier),
+            vec![node.path.clone()],
+            None,
+            "prefetch",
+        );
+    }
+
+    /// Whether the pin of the file at `key` holds version `id` on NVMe.
+    fn pin_holds_nvme(&self, key: &str, id: crate::model::version::FileId) -> bool {
+        self.manager()
+            .placement
+            .pinned
+            .lock()
+            .get(key)
+            .is_some_and(|f| f.nvme_held && f.version.id == id)
+    }
+}

@@ -1,0 +1,11 @@
+//! Shared vocabulary, no I/O: chunk layout, digests, units, mount options.
+
+pub mod chunk;
+pub mod clock;
+pub mod digest;
+pub mod latency;
+pub mod options;
+pub mod paths;
+pub mod tier;
+pub mod units;
+pub mod version;
