@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 
 use crate::stats::{AccessStats, Decay};
 use crate::tier::Tier;
+use serde::Serialize;
 
 /// Bytes each tier may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,10 +73,13 @@ pub enum Reason {
     Cold,
 }
 
-/// Lower runs first: pins, then background promotion, then demotion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Lower runs first: explicit work (pins, placements, prefetches), then
+/// background promotion, then demotion. Demand reads sit between explicit work
+/// and promotion: they are never queued, and background work yields to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
-    Pin = 0,
+    Explicit = 0,
     Promotion = 2,
     Demotion = 3,
 }
@@ -141,7 +145,7 @@ pub fn plan<K: Ord + Clone>(
                     action: Action::Promote(tier),
                     reason: if pinned { Reason::Pinned } else { Reason::Hot },
                     priority: if pinned {
-                        Priority::Pin
+                        Priority::Explicit
                     } else {
                         Priority::Promotion
                     },

@@ -15,6 +15,7 @@ use crate::namespace::object_path;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tierfs_policy::Priority;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
@@ -26,7 +27,7 @@ use serde_json::json;
 
 use crate::control::metrics::render;
 use crate::engine::EngineCore;
-use crate::tier_manager::job_queue::{JobAction, JobClass};
+use crate::tier_manager::job_queue::JobAction;
 
 use crate::model::paths;
 use crate::model::tier::{Tier, parse_tier};
@@ -112,8 +113,8 @@ fn submit(
     let deadline = request.deadline_secs.map(|s| now_secs() + s);
     let id = core
         .manager()
-        .mover
-        .submit(JobClass::Explicit, action, paths, deadline, reason);
+        .jobs
+        .submit(Priority::Explicit, action, paths, deadline, reason);
     Ok(Json(json!({ "job": id })))
 }
 
@@ -138,14 +139,14 @@ async fn job(
     UrlPath(id): UrlPath<u64>,
 ) -> Result<impl IntoResponse, ApiError> {
     core.manager()
-        .mover
+        .jobs
         .job(id)
         .map(Json)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {id}")))
 }
 
 async fn jobs(State(core): State<Core>) -> impl IntoResponse {
-    Json(core.manager().mover.jobs())
+    Json(core.manager().jobs.jobs())
 }
 
 pub fn router(core: Core) -> Router {

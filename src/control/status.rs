@@ -81,7 +81,7 @@ impl EngineCore {
     pub fn status(&self) -> Status {
         let reader = self.reader();
         let nvme = reader.nvme();
-        let mover = &self.manager().mover;
+        let mover = &self.manager().jobs;
         let jobs = mover.jobs();
         let count = |state: JobState| jobs.iter().filter(|j| j.state == state).count() as u64;
         Status {

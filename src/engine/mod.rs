@@ -24,11 +24,13 @@ use tierfs_fuse::{Attr, DirEntry, Entry, FileKind, Opened, StatFs};
 use crate::engine::io_modes::InodeIoModes;
 use crate::error::{FsError, FsResult};
 use crate::meta::chunk_index::{ChunkIndex, VersionInfo};
+use crate::meta::db::MetaDb;
 use crate::model::options::MountOptions;
 use crate::model::version::OpenVersions;
 use crate::namespace::{Namespace, Node};
 use crate::tier_manager::access::AccessTable;
-use crate::tier_manager::job_queue::Mover;
+use crate::tier_manager::job_queue::JobQueue;
+use crate::tier_manager::mover::Mover;
 use crate::tier_manager::pins::PinTable;
 use crate::tier_manager::placement::{Placement, TierManager};
 use crate::tiers::kept_versions::KeptVersions;
@@ -39,11 +41,16 @@ use tierfs_policy::PlanConfig;
 pub mod fuse_bridge;
 mod handles;
 mod handover;
+mod housekeeping;
 pub mod io_modes;
 pub mod namespace_ops;
 mod open_files;
 mod page_cache;
+mod placement;
 mod read;
+mod upload_jobs;
+mod write_ops;
+mod write_passthrough;
 pub mod xattrs;
 
 use open_files::{OpenFile, OpenFiles};
@@ -112,9 +119,8 @@ impl EngineCore {
             options,
         } = config;
         std::fs::create_dir_all(&cache_dir)?;
-        let index = Arc::new(ChunkIndex::open(&crate::model::paths::index_dir(
-            &cache_dir,
-        ))?);
+        let meta = Arc::new(MetaDb::open(&crate::model::paths::index_dir(&cache_dir))?);
+        let index = Arc::new(ChunkIndex::new(meta.clone()));
         let dirty = Arc::new(AtomicU64::new(0));
         let nvme = Arc::new(NvmeTier::open(
             &cache_dir,
@@ -128,13 +134,18 @@ impl EngineCore {
         let files = Arc::new(OpenFiles::default());
         let kept = KeptVersions::new(reader.clone(), files.clone());
         let plan_config = PlanConfig::default();
+        let jobs = Arc::new(JobQueue::new(
+            options.pin_bandwidth,
+            options.promote_bandwidth,
+        ));
         let manager = TierManager {
-            pins: PinTable::load(index.clone())?,
-            mover: Arc::new(Mover::new(options.pin_bandwidth, options.promote_bandwidth)),
+            pins: PinTable::load(meta.clone())?,
+            mover: Mover::new(jobs.clone(), Arc::new(reader.clone()), options.chunk_size),
+            jobs,
             placement: Placement::default(),
             plan_config,
         };
-        let access = AccessTable::load(index.clone(), plan_config.decay)?;
+        let access = AccessTable::load(meta, plan_config.decay)?;
         let registry = Arc::new(WriteRegistry::new(index.clone()));
         let staging = Arc::new(StagingArea::open(&cache_dir)?);
         let uploader = Arc::new(Uploader::new(

@@ -13,12 +13,13 @@
 //!   directory including files created later, in the tier.
 
 use crate::namespace::object_path;
+use tierfs_policy::Priority;
 
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
 use crate::namespace::Node;
 use crate::store::digest_metadata::head_digest;
-use crate::tier_manager::job_queue::{JobAction, JobClass};
+use crate::tier_manager::job_queue::JobAction;
 
 use crate::model::tier::{Tier, parse_tier};
 use tierfs_fuse::FileKind;
@@ -190,8 +191,8 @@ impl EngineCore {
         if node.staged.is_some() {
             return; // Its bytes are all local already.
         }
-        self.manager().mover.submit(
-            JobClass::Explicit,
+        self.manager().jobs.submit(
+            Priority::Explicit,
             JobAction::Fetch(tier),
             vec![node.path.clone()],
             None,

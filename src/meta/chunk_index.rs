@@ -6,7 +6,9 @@ use crate::model::version::ChunkKey;
 use crate::model::version::FileId;
 use std::path::Path;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use std::sync::Arc;
+
+use crate::meta::db::{Batch, MetaDb, Table};
 
 use crate::error::FsResult;
 
@@ -59,99 +61,73 @@ pub fn decode_record(bytes: &[u8]) -> Option<ChunkRecord> {
     })
 }
 
-const CHUNKS: &str = "chunks";
-const OBJECTS: &str = "objects";
-/// What is known of a cached version beyond its chunks (when it was made, its key).
-const VERSIONS: &str = "versions";
-/// Files written through the mount and not yet verified in the store (write path).
-pub(crate) const STAGED: &str = "staged";
-/// Directories made through the mount (the store has no empty directories).
-pub(crate) const DIRS: &str = "dirs";
-/// Pinned paths and their tiers (see `pins`).
-pub(crate) const PINS: &str = "pins";
-/// Access statistics per path (see `access_table`).
-pub(crate) const ACCESS: &str = "access";
-
+/// The chunk records of the NVMe tier, and which version each object is at,
+/// in the tables `chunks`, `objects` and `versions` of the [`MetaDb`].
 pub struct ChunkIndex {
-    db: DB,
+    db: Arc<MetaDb>,
 }
 
 impl ChunkIndex {
-    pub fn open(path: &Path) -> FsResult<ChunkIndex> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        let families = [CHUNKS, OBJECTS, VERSIONS, STAGED, DIRS, PINS, ACCESS]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, families)?;
-        Ok(ChunkIndex { db })
+    pub fn new(db: Arc<MetaDb>) -> ChunkIndex {
+        ChunkIndex { db }
     }
 
-    pub(crate) fn db(&self) -> &DB {
+    /// A chunk index in a database of its own at `path` (tools and tests).
+    pub fn open(path: &Path) -> FsResult<ChunkIndex> {
+        Ok(ChunkIndex::new(Arc::new(MetaDb::open(path)?)))
+    }
+
+    /// The database the index keeps its tables in, for the other owners of tables.
+    pub fn meta(&self) -> &Arc<MetaDb> {
         &self.db
     }
 
     /// Adds the records of chunks now on disk to a batch.
-    pub(crate) fn put_chunks_in(&self, batch: &mut WriteBatch, chunks: &[(ChunkKey, ChunkRecord)]) {
+    pub(crate) fn put_chunks_in(&self, batch: &mut Batch, chunks: &[(ChunkKey, ChunkRecord)]) {
         for (key, record) in chunks {
-            batch.put_cf(self.cf(CHUNKS), encode_key(key), encode_record(record));
+            batch.put(Table::Chunks, encode_key(key), encode_record(record));
         }
     }
 
     /// Adds the binding of an object to its current version to a batch.
     pub(crate) fn bind_object_in(
         &self,
-        batch: &mut WriteBatch,
+        batch: &mut Batch,
         object: u128,
         file: FileId,
         info: &VersionInfo,
     ) {
-        batch.put_cf(self.cf(OBJECTS), object.to_be_bytes(), file.0.to_be_bytes());
-        batch.put_cf(self.cf(VERSIONS), file.0.to_be_bytes(), info.encode());
+        batch.put(Table::Objects, object.to_be_bytes(), file.0.to_be_bytes());
+        batch.put(Table::Versions, file.0.to_be_bytes(), info.encode());
     }
 
     pub fn version_info(&self, file: FileId) -> FsResult<Option<VersionInfo>> {
-        let value = self
-            .db
-            .get_pinned_cf(self.cf(VERSIONS), file.0.to_be_bytes())?;
+        let value = self.db.get(Table::Versions, file.0.to_be_bytes())?;
         Ok(value.and_then(|v| VersionInfo::decode(&v)))
     }
 
     pub fn forget_version(&self, file: FileId) -> FsResult<()> {
-        self.db.delete_cf(self.cf(VERSIONS), file.0.to_be_bytes())?;
-        Ok(())
-    }
-
-    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column family created at open")
+        self.db.delete(Table::Versions, file.0.to_be_bytes())
     }
 
     pub fn get(&self, key: &ChunkKey) -> FsResult<Option<ChunkRecord>> {
-        let value = self.db.get_pinned_cf(self.cf(CHUNKS), encode_key(key))?;
+        let value = self.db.get(Table::Chunks, encode_key(key))?;
         Ok(value.and_then(|v| decode_record(&v)))
     }
 
     pub fn put(&self, key: &ChunkKey, record: &ChunkRecord) -> FsResult<()> {
         self.db
-            .put_cf(self.cf(CHUNKS), encode_key(key), encode_record(record))?;
-        Ok(())
+            .put(Table::Chunks, encode_key(key), encode_record(record))
     }
 
     pub fn delete(&self, key: &ChunkKey) -> FsResult<()> {
-        self.db.delete_cf(self.cf(CHUNKS), encode_key(key))?;
-        Ok(())
+        self.db.delete(Table::Chunks, encode_key(key))
     }
 
     /// Every chunk record of one file version.
     pub fn chunks_of(&self, file: FileId) -> FsResult<Vec<(ChunkKey, ChunkRecord)>> {
         let start = encode_key(&ChunkKey { file, index: 0 });
-        let iter = self.db.iterator_cf(
-            self.cf(CHUNKS),
-            IteratorMode::From(&start, Direction::Forward),
-        );
+        let iter = self.db.entries_from(Table::Chunks, &start);
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item?;
@@ -170,7 +146,7 @@ impl ChunkIndex {
     /// Every chunk record, for rebuilding the eviction order at start.
     pub fn all_chunks(&self) -> FsResult<Vec<(ChunkKey, ChunkRecord)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CHUNKS), IteratorMode::Start) {
+        for item in self.db.entries(Table::Chunks) {
             let (k, v) = item?;
             if let (Some(key), Some(record)) = (decode_key(&k), decode_record(&v)) {
                 out.push((key, record));
@@ -183,7 +159,7 @@ impl ChunkIndex {
     pub fn bound_version(&self, object: u128) -> FsResult<Option<FileId>> {
         Ok(self
             .db
-            .get_pinned_cf(self.cf(OBJECTS), object.to_be_bytes())?
+            .get(Table::Objects, object.to_be_bytes())?
             .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
             .map(|b| FileId(u128::from_be_bytes(b))))
     }
@@ -200,9 +176,9 @@ impl ChunkIndex {
         if old == Some(file) && self.version_info(file)?.is_some() {
             return Ok(None);
         }
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         self.bind_object_in(&mut batch, object, file, info);
-        self.db.write(batch)?;
+        self.db.write(batch, false)?;
         Ok(old.filter(|old| *old != file))
     }
 }

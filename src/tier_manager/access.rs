@@ -8,11 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rocksdb::{IteratorMode, WriteBatch};
 use tierfs_policy::{AccessStats, Decay};
 
 use crate::error::FsResult;
-use crate::meta::chunk_index::{ACCESS, ChunkIndex};
+use crate::meta::db::{Batch, MetaDb, Table};
 
 /// Below this decayed frequency a file's statistics are forgotten.
 const FADED: f64 = 1e-3;
@@ -43,18 +42,15 @@ pub struct FileAccess {
 }
 
 pub struct AccessTable {
-    index: Arc<ChunkIndex>,
+    db: Arc<MetaDb>,
     decay: Decay,
     files: Mutex<HashMap<String, FileAccess>>,
 }
 
 impl AccessTable {
-    pub fn load(index: Arc<ChunkIndex>, decay: Decay) -> FsResult<AccessTable> {
+    pub fn load(db: Arc<MetaDb>, decay: Decay) -> FsResult<AccessTable> {
         let mut files = HashMap::new();
-        for item in index
-            .db()
-            .iterator_cf(index.cf(ACCESS), IteratorMode::Start)
-        {
+        for item in db.entries(Table::Access) {
             let (key, value) = item?;
             // A damaged record only loses a file's history.
             if let (Ok(path), Some(stats)) = (String::from_utf8(key.to_vec()), decode(&value)) {
@@ -69,7 +65,7 @@ impl AccessTable {
             }
         }
         Ok(AccessTable {
-            index,
+            db,
             decay,
             files: Mutex::new(files),
         })
@@ -128,22 +124,20 @@ impl AccessTable {
 
     /// Writes what changed since the last call and forgets what has faded.
     pub fn persist(&self, now: u64) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
-        let cf = self.index.cf(ACCESS);
+        let mut batch = Batch::default();
         let mut files = self.files.lock();
         files.retain(|path, access| {
             let faded = access.stats.frequency_at(now, self.decay) < FADED;
             if faded {
-                batch.delete_cf(cf, path.as_bytes());
+                batch.delete(Table::Access, path);
             } else if access.changed {
-                batch.put_cf(cf, path.as_bytes(), encode(&access.stats));
+                batch.put(Table::Access, path, encode(&access.stats));
                 access.changed = false;
             }
             !faded
         });
         drop(files);
-        self.index.db().write(batch)?;
-        Ok(())
+        self.db.write(batch, false)
     }
 }
 
@@ -169,8 +163,8 @@ mod tests {
             half_life_secs: 10.0,
         };
         {
-            let index = Arc::new(ChunkIndex::open(dir.path()).unwrap());
-            let table = AccessTable::load(index, decay).unwrap();
+            let db = Arc::new(MetaDb::open(dir.path()).unwrap());
+            let table = AccessTable::load(db, decay).unwrap();
             for _ in 0..3 {
                 table.record(&version("hot"), 1000);
             }
@@ -178,8 +172,8 @@ mod tests {
             table.rename("once", "moved");
             table.persist(1000).unwrap();
         }
-        let index = Arc::new(ChunkIndex::open(dir.path()).unwrap());
-        let table = AccessTable::load(index.clone(), decay).unwrap();
+        let db = Arc::new(MetaDb::open(dir.path()).unwrap());
+        let table = AccessTable::load(db.clone(), decay).unwrap();
         let hot = table.get("hot").unwrap();
         assert_eq!(hot.stats.hits, 3);
         assert!((hot.stats.frequency - 3.0).abs() < 1e-9);
@@ -187,7 +181,7 @@ mod tests {
         assert_eq!(table.get("moved").unwrap().stats.hits, 1);
         // Three hundred half-lives later everything has faded.
         table.persist(1000 + 3000).unwrap();
-        let table = AccessTable::load(index, decay).unwrap();
+        let table = AccessTable::load(db, decay).unwrap();
         assert!(table.get("hot").is_none());
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use tierfs_policy::Priority;
 
 use crate::model::tier::Tier;
 use parking_lot::Mutex;
@@ -14,15 +15,6 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::io::rate_limit::RateLimiter;
-
-/// Lower runs first. Demand reads sit between explicit work and promotion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobClass {
-    Explicit,
-    Promotion,
-    Demotion,
-}
 
 /// What a job does to each of its files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -51,7 +43,7 @@ pub enum JobState {
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: u64,
-    pub class: JobClass,
+    pub class: Priority,
     #[serde(flatten)]
     pub action: JobAction,
     /// Object keys, relative to the mount's root.
@@ -73,7 +65,7 @@ impl Job {
     }
 
     /// Queue order: class, then deadline (none last), then age.
-    fn order(&self) -> (JobClass, u64, u64) {
+    fn order(&self) -> (Priority, u64, u64) {
         (self.class, self.deadline.unwrap_or(u64::MAX), self.id)
     }
 }
@@ -92,25 +84,25 @@ pub struct MoverStats {
 /// Finished jobs kept for their status.
 const KEEP_FINISHED: usize = 256;
 
-pub struct Mover {
+pub struct JobQueue {
     jobs: Mutex<BTreeMap<u64, Job>>,
     next_id: AtomicU64,
     pub wake: Notify,
     pub stats: MoverStats,
     /// Bandwidth of explicit jobs and of background promotions.
-    limits: HashMap<JobClass, RateLimiter>,
+    limits: HashMap<Priority, RateLimiter>,
 }
 
-impl Mover {
-    pub fn new(explicit_bandwidth: u64, promote_bandwidth: u64) -> Mover {
+impl JobQueue {
+    pub fn new(explicit_bandwidth: u64, promote_bandwidth: u64) -> JobQueue {
         let limits = [
-            (JobClass::Explicit, RateLimiter::new(explicit_bandwidth)),
-            (JobClass::Promotion, RateLimiter::new(promote_bandwidth)),
+            (Priority::Explicit, RateLimiter::new(explicit_bandwidth)),
+            (Priority::Promotion, RateLimiter::new(promote_bandwidth)),
         ]
         .into_iter()
         .filter_map(|(class, limit)| limit.map(|l| (class, l)))
         .collect();
-        Mover {
+        JobQueue {
             jobs: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             wake: Notify::new(),
@@ -119,7 +111,7 @@ impl Mover {
         }
     }
 
-    pub fn limit(&self, class: JobClass) -> Option<&RateLimiter> {
+    pub fn limit(&self, class: Priority) -> Option<&RateLimiter> {
         self.limits.get(&class)
     }
 
@@ -127,7 +119,7 @@ impl Mover {
     /// idempotent; asking twice does it once). Returns the job's id.
     pub fn submit(
         &self,
-        class: JobClass,
+        class: Priority,
         action: JobAction,
         paths: Vec<String>,
         deadline: Option<u64>,
@@ -266,41 +258,41 @@ mod tests {
 
     #[test]
     fn explicit_jobs_run_first_earliest_deadline_first() {
-        let mover = Mover::new(0, 0);
+        let mover = JobQueue::new(0, 0);
         let fetch = JobAction::Fetch(Tier::Ram);
         let demote = mover.submit(
-            JobClass::Demotion,
+            Priority::Demotion,
             JobAction::Drop(Tier::Ram),
             paths("c"),
             None,
             "cold",
         );
         let promote = mover.submit(
-            JobClass::Promotion,
+            Priority::Promotion,
             JobAction::Hold(Tier::Ram),
             paths("b"),
             None,
             "hot",
         );
-        let late = mover.submit(JobClass::Explicit, fetch, paths("x"), Some(200), "");
-        let soon = mover.submit(JobClass::Explicit, fetch, paths("y"), Some(100), "");
-        let whenever = mover.submit(JobClass::Explicit, fetch, paths("z"), None, "");
+        let late = mover.submit(Priority::Explicit, fetch, paths("x"), Some(200), "");
+        let soon = mover.submit(Priority::Explicit, fetch, paths("y"), Some(100), "");
+        let whenever = mover.submit(Priority::Explicit, fetch, paths("z"), None, "");
         let order: Vec<u64> = std::iter::from_fn(|| mover.next().map(|j| j.id)).collect();
         assert_eq!(order, [soon, late, whenever, promote, demote]);
     }
 
     #[test]
     fn the_same_job_is_queued_once_and_a_higher_class_outranks_a_running_one() {
-        let mover = Mover::new(0, 0);
+        let mover = JobQueue::new(0, 0);
         let hold = JobAction::Hold(Tier::Ram);
-        let a = mover.submit(JobClass::Promotion, hold, paths("a"), None, "hot");
+        let a = mover.submit(Priority::Promotion, hold, paths("a"), None, "hot");
         assert_eq!(
-            mover.submit(JobClass::Promotion, hold, paths("a"), None, "hot"),
+            mover.submit(Priority::Promotion, hold, paths("a"), None, "hot"),
             a
         );
         let running = mover.next().unwrap();
         assert!(!mover.outranked(&running));
-        let pin = mover.submit(JobClass::Explicit, hold, paths("a"), Some(5), "pin");
+        let pin = mover.submit(Priority::Explicit, hold, paths("a"), Some(5), "pin");
         assert_ne!(pin, a, "a pin is not folded into a background job");
         assert!(mover.outranked(&running));
         mover.requeue(a);

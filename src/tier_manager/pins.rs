@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use crate::model::tier::Tier;
 use parking_lot::RwLock;
-use rocksdb::IteratorMode;
 
 use crate::error::{FsError, FsResult};
-use crate::meta::chunk_index::{ChunkIndex, PINS};
+use crate::meta::db::{MetaDb, Table};
 
 /// `a/b/c`, `a/b`, `a`, then `""` (the root): a path and the directories above it.
 pub fn path_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
@@ -26,15 +25,15 @@ pub fn path_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
 }
 
 pub struct PinTable {
-    index: Arc<ChunkIndex>,
+    db: Arc<MetaDb>,
     pins: RwLock<BTreeMap<String, Tier>>,
 }
 
 impl PinTable {
     /// The pins the registry holds.
-    pub fn load(index: Arc<ChunkIndex>) -> FsResult<PinTable> {
+    pub fn load(db: Arc<MetaDb>) -> FsResult<PinTable> {
         let mut pins = BTreeMap::new();
-        for item in index.db().iterator_cf(index.cf(PINS), IteratorMode::Start) {
+        for item in db.entries(Table::Pins) {
             let (key, value) = item?;
             let (Ok(path), Some(tier)) = (
                 String::from_utf8(key.to_vec()),
@@ -45,16 +44,14 @@ impl PinTable {
             pins.insert(path, tier);
         }
         Ok(PinTable {
-            index,
+            db,
             pins: RwLock::new(pins),
         })
     }
 
     pub fn set(&self, path: &str, tier: Tier) -> FsResult<()> {
         let mut pins = self.pins.write();
-        self.index
-            .db()
-            .put_cf(self.index.cf(PINS), path.as_bytes(), [tier.code()])?;
+        self.db.put(Table::Pins, path, [tier.code()])?;
         pins.insert(path.to_string(), tier);
         Ok(())
     }
@@ -65,9 +62,7 @@ impl PinTable {
         if !pins.contains_key(path) {
             return Ok(false);
         }
-        self.index
-            .db()
-            .delete_cf(self.index.cf(PINS), path.as_bytes())?;
+        self.db.delete(Table::Pins, path)?;
         pins.remove(path);
         Ok(true)
     }
@@ -111,8 +106,8 @@ mod tests {
     fn the_nearest_pin_applies_and_pins_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let index = Arc::new(ChunkIndex::open(dir.path()).unwrap());
-            let pins = PinTable::load(index).unwrap();
+            let db = Arc::new(MetaDb::open(dir.path()).unwrap());
+            let pins = PinTable::load(db).unwrap();
             pins.set("models", Tier::Nvme).unwrap();
             pins.set("models/llama/7b.safetensors", Tier::Ram).unwrap();
             assert_eq!(
@@ -127,8 +122,8 @@ mod tests {
             assert_eq!(pins.effective("models2/x"), None);
             assert!(!pins.remove("models/llama").unwrap());
         }
-        let index = Arc::new(ChunkIndex::open(dir.path()).unwrap());
-        let pins = PinTable::load(index).unwrap();
+        let db = Arc::new(MetaDb::open(dir.path()).unwrap());
+        let pins = PinTable::load(db).unwrap();
         assert_eq!(pins.all().len(), 2);
         assert!(pins.remove("models").unwrap());
         assert_eq!(pins.effective("models/llama/13b.safetensors"), None);

@@ -1,5 +1,6 @@
 //! The tiers: RAM, NVMe, the tiered reader over them and the store, and versions kept for open readers.
 
+pub mod access;
 pub mod kept_versions;
 pub mod nvme;
 pub mod ram;

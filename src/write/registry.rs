@@ -8,11 +8,11 @@ use crate::model::version::FileId;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FsError, FsResult};
-use crate::meta::chunk_index::{ChunkIndex, ChunkRecord, DIRS, STAGED, VersionInfo};
+use crate::meta::chunk_index::{ChunkIndex, ChunkRecord, VersionInfo};
+use crate::meta::db::{Batch, MetaDb, Table};
 use crate::write::staging::SealedDigests;
 
 /// A file written through the mount whose bytes are only local.
@@ -74,6 +74,7 @@ fn decode(id: u64, bytes: &[u8]) -> FsResult<StagedRecord> {
 }
 
 pub struct WriteRegistry {
+    db: Arc<MetaDb>,
     index: Arc<ChunkIndex>,
     /// Serialises read-modify-write of records (uploader progress against
     /// renames and unlinks).
@@ -83,6 +84,7 @@ pub struct WriteRegistry {
 impl WriteRegistry {
     pub fn new(index: Arc<ChunkIndex>) -> WriteRegistry {
         WriteRegistry {
+            db: index.meta().clone(),
             index,
             lock: Mutex::new(()),
         }
@@ -112,11 +114,8 @@ impl WriteRegistry {
         f()
     }
 
-    fn write(&self, batch: WriteBatch, durable: bool) -> FsResult<()> {
-        let mut options = WriteOptions::default();
-        options.set_sync(durable);
-        self.index.db().write_opt(batch, &options)?;
-        Ok(())
+    fn write(&self, batch: Batch, durable: bool) -> FsResult<()> {
+        self.db.write(batch, durable)
     }
 
     /// Writes a record; `durable` syncs the write-ahead log (fsync semantics).
@@ -126,37 +125,29 @@ impl WriteRegistry {
 
     /// Writes several records in one batch: all of them or none survive a crash.
     pub fn put_all(&self, records: &[(u64, StagedRecord)], durable: bool) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         for (id, record) in records {
-            batch.put_cf(self.index.cf(STAGED), id.to_be_bytes(), encode(record));
+            batch.put(Table::Staged, id.to_be_bytes(), encode(record));
         }
         self.write(batch, durable)
     }
 
     pub fn get(&self, id: u64) -> FsResult<Option<StagedRecord>> {
-        match self
-            .index
-            .db()
-            .get_pinned_cf(self.index.cf(STAGED), id.to_be_bytes())?
-        {
+        match self.db.get(Table::Staged, id.to_be_bytes())? {
             Some(bytes) => decode(id, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
     pub fn delete(&self, id: u64) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.index.cf(STAGED), id.to_be_bytes());
+        let mut batch = Batch::default();
+        batch.delete(Table::Staged, id.to_be_bytes());
         self.write(batch, true)
     }
 
     pub fn all(&self) -> FsResult<Vec<(u64, StagedRecord)>> {
         let mut out = Vec::new();
-        for item in self
-            .index
-            .db()
-            .iterator_cf(self.index.cf(STAGED), IteratorMode::Start)
-        {
+        for item in self.db.entries(Table::Staged) {
             let (k, v) = item?;
             let Ok(bytes) = <[u8; 8]>::try_from(&k[..]) else {
                 continue;
@@ -176,8 +167,8 @@ impl WriteRegistry {
         file: (FileId, &VersionInfo),
         chunks: &[(ChunkKey, ChunkRecord)],
     ) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.index.cf(STAGED), id.to_be_bytes());
+        let mut batch = Batch::default();
+        batch.delete(Table::Staged, id.to_be_bytes());
         self.index.put_chunks_in(&mut batch, chunks);
         self.index
             .bind_object_in(&mut batch, object, file.0, file.1);
@@ -185,8 +176,8 @@ impl WriteRegistry {
     }
 
     pub fn put_dir(&self, path: &str) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.index.cf(DIRS), path.as_bytes(), b"");
+        let mut batch = Batch::default();
+        batch.put(Table::Dirs, path, b"");
         self.write(batch, true)
     }
 
@@ -197,30 +188,26 @@ impl WriteRegistry {
         dirs: &[(String, String)],
         records: &[(u64, StagedRecord)],
     ) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::default();
         for (from, to) in dirs {
-            batch.delete_cf(self.index.cf(DIRS), from.as_bytes());
-            batch.put_cf(self.index.cf(DIRS), to.as_bytes(), b"");
+            batch.delete(Table::Dirs, from);
+            batch.put(Table::Dirs, to, b"");
         }
         for (id, record) in records {
-            batch.put_cf(self.index.cf(STAGED), id.to_be_bytes(), encode(record));
+            batch.put(Table::Staged, id.to_be_bytes(), encode(record));
         }
         self.write(batch, true)
     }
 
     pub fn delete_dir(&self, path: &str) -> FsResult<()> {
-        let mut batch = WriteBatch::default();
-        batch.delete_cf(self.index.cf(DIRS), path.as_bytes());
+        let mut batch = Batch::default();
+        batch.delete(Table::Dirs, path);
         self.write(batch, true)
     }
 
     pub fn dirs(&self) -> FsResult<Vec<String>> {
         let mut out = Vec::new();
-        for item in self
-            .index
-            .db()
-            .iterator_cf(self.index.cf(DIRS), IteratorMode::Start)
-        {
+        for item in self.db.entries(Table::Dirs) {
             let (k, _) = item?;
             out.push(String::from_utf8_lossy(&k).into_owned());
         }

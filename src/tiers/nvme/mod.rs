@@ -136,6 +136,12 @@ impl NvmeTier {
         }
     }
 
+    /// The digest recorded for a chunk when it was fetched or written, whether
+    /// or not it is on disk now; no hit or miss is counted.
+    pub fn recorded_digest(&self, key: &ChunkKey) -> FsResult<Option<u128>> {
+        Ok(self.index.get(key)?.map(|r| r.digest))
+    }
+
     /// What the index records of a chunk; a miss when it has no record. An
     /// index lookup: the caller need not leave the runtime for it, only for
     /// [`NvmeTier::read_recorded`].

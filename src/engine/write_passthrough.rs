@@ -18,9 +18,10 @@ use tierfs_fuse::{Backing, FileIdentity};
 
 use crate::engine::EngineCore;
 use crate::engine::io_modes::backing_in_use;
+use crate::engine::write_ops::room_left;
 use crate::error::FsResult;
 use crate::namespace::Node;
-use crate::write::path::{StagedFile, room_left};
+use crate::write::path::StagedFile;
 
 impl EngineCore {
     /// The backing file for a new handle on `staged` whose inode has no handle

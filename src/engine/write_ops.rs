@@ -1,0 +1,360 @@
+//! Writes through the mount: staging a file for a write, writes, truncation,
+//! sealing on release and fsync, and waiting for room; see [`crate::write`]
+//! for the staged files and their uploads.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+use crate::io::blocking::run_blocking;
+use crate::io::chunk_file;
+use crate::model::options::Durability;
+use crate::write::path::StagedFile;
+use crate::write::registry::{SealedUpload, StagedRecord};
+use crate::write::staging::seal_digests;
+
+/// How many more bytes may be staged.
+pub(crate) fn room_left(core: &EngineCore) -> u64 {
+    core.options()
+        .cache_size
+        .saturating_sub(core.writes().dirty_bytes())
+}
+
+impl EngineCore {
+    pub(crate) fn writable(&self) -> FsResult<()> {
+        if self.options().read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The staged file `id` of inode `ino`, opened again after a restart.
+    pub(crate) fn staged_file(&self, id: u64, ino: u64) -> FsResult<Arc<StagedFile>> {
+        let mut files = self.writes().files.lock();
+        if let Some(staged) = files.get(&id) {
+            return Ok(staged.clone());
+        }
+        let file = self.writes().staging.open_file(id)?;
+        let size = file.metadata()?.len();
+        let staged = Arc::new(StagedFile::new(id, ino, file, size));
+        files.insert(id, staged.clone());
+        Ok(staged)
+    }
+
+    /// A new staging file recorded under `key`, its contents `initial` bytes of
+    /// the object's current version when the write does not truncate.
+    pub(crate) async fn stage_new(
+        &self,
+        ino: u64,
+        key: &str,
+        copy_from: Option<&crate::namespace::Node>,
+    ) -> FsResult<Arc<StagedFile>> {
+        let (id, file) = self.writes().staging.create()?;
+        if let Some(node) = copy_from.filter(|n| n.size > 0) {
+            if node.size > room_left(self) {
+                self.writes().staging.remove(id);
+                return Err(FsError::NoSpace(format!(
+                    "no room to stage a copy of {} ({} bytes) for writing",
+                    node.path, node.size
+                )));
+            }
+            let version = self.version_of(node)?;
+            let step = self.options().chunk_size;
+            let mut offset = 0;
+            while offset < version.size {
+                let data = self.reader().read(&version, offset, step).await?;
+                chunk_file::write_all_at(&file, &data, offset)?;
+                offset += data.len() as u64;
+                if data.is_empty() {
+                    break;
+                }
+            }
+        }
+        self.register_staged(id, ino, key, file)
+    }
+
+    /// Records a new staging file and counts its bytes as not yet in the store.
+    pub(crate) fn register_staged(
+        &self,
+        id: u64,
+        ino: u64,
+        key: &str,
+        file: std::fs::File,
+    ) -> FsResult<Arc<StagedFile>> {
+        let record = StagedRecord {
+            key: key.to_string(),
+            sealed: None,
+        };
+        self.writes().registry.put(id, &record, false)?;
+        let size = file.metadata()?.len();
+        self.writes().add_dirty(size as i64);
+        let staged = Arc::new(StagedFile::new(id, ino, file, size));
+        // The copy is a change to seal even when nothing else is written.
+        staged.state.lock().generation = 1;
+        self.writes().files.lock().insert(id, staged.clone());
+        Ok(staged)
+    }
+
+    /// A staged file found at start: sealed at `generation`, not yet verified.
+    pub(crate) fn note_recovered(&self, staged: &StagedFile, generation: u64) {
+        let mut state = staged.state.lock();
+        state.generation = generation;
+        state.sealed = generation;
+        self.writes().add_dirty(state.size as i64);
+    }
+
+    /// Counts a writer; false when the file was uploaded and adopted meanwhile,
+    /// and the writer must stage the file anew.
+    pub(crate) fn add_writer(&self, staged: &StagedFile) -> bool {
+        let mut state = staged.state.lock();
+        if state.adopted {
+            return false;
+        }
+        state.writers += 1;
+        true
+    }
+
+    /// Writes at `offset`; fails with ENOSPC when the bytes would not fit in the
+    /// cache next to the data not yet uploaded (the caller waits and retries).
+    pub(crate) fn write_staged(
+        &self,
+        staged: &StagedFile,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let end = offset + data.len() as u64;
+        let growth = end.saturating_sub(staged.size());
+        if growth > 0 && growth > room_left(self) {
+            return Err(FsError::NoSpace(format!(
+                "the cache holds {} bytes not yet in the store (cache_size {})",
+                self.writes().dirty_bytes(),
+                self.options().cache_size
+            )));
+        }
+        if growth > 0 {
+            self.room_on_nvme(growth);
+        }
+        chunk_file::write_all_at(&staged.file, data, offset)?;
+        let size = {
+            let mut state = staged.state.lock();
+            state.generation += 1;
+            if end > state.size {
+                self.writes().add_dirty((end - state.size) as i64);
+                state.size = end;
+            }
+            state.size
+        };
+        self.show_size(staged.ino, size);
+        Ok(data.len() as u32)
+    }
+
+    /// A staged file changed: the mount shows its new size, modified now.
+    pub(crate) fn show_size(&self, ino: u64, size: u64) {
+        self.ns().update(ino, |n| {
+            n.size = size;
+            n.mtime = std::time::SystemTime::now();
+        });
+    }
+
+    /// Evicts clean cached chunks when staged bytes growing by `growth` would
+    /// push the cache past its size; a cheap sum decides before any eviction.
+    pub(crate) fn room_on_nvme(&self, growth: u64) {
+        let nvme = self.reader().nvme();
+        if nvme.used() + self.writes().dirty_bytes() + growth <= nvme.budget() {
+            return;
+        }
+        if let Err(e) = nvme.make_room(growth) {
+            tracing::warn!("evicting cached chunks for written data failed: {e}");
+        }
+    }
+
+    /// Waits up to `dirty_wait` for uploads to make room, then writes.
+    pub(crate) async fn write_when_room(
+        &self,
+        staged: &StagedFile,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let deadline = Instant::now() + self.options().dirty_wait;
+        loop {
+            let notified = self.writes().room_freed();
+            match self.write_staged(staged, offset, data) {
+                Err(FsError::NoSpace(why)) => {
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            "write refused after waiting {:?} for uploads: {why}",
+                            self.options().dirty_wait
+                        );
+                        return Err(FsError::NoSpace(why));
+                    }
+                    let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) fn truncate_staged(&self, staged: &StagedFile, size: u64) -> FsResult<()> {
+        staged.file.set_len(size)?;
+        let mut state = staged.state.lock();
+        self.writes().add_dirty(size as i64 - state.size as i64);
+        state.size = size;
+        state.generation += 1;
+        drop(state);
+        self.show_size(staged.ino, size);
+        Ok(())
+    }
+
+    /// Hashes the staged file and records it, with its upload job, in one write;
+    /// `durable` makes the bytes and the record survive a power cut first.
+    pub(crate) async fn seal(
+        self: &Arc<Self>,
+        staged: &Arc<StagedFile>,
+        durable: bool,
+    ) -> FsResult<()> {
+        let generation = {
+            let state = staged.state.lock();
+            if state.gone {
+                return Ok(());
+            }
+            state.generation
+        };
+        let chunk_size = self.options().chunk_size;
+        let worker = staged.clone();
+        let digests = run_blocking(move || {
+            // The bytes go to disk while they are hashed; the record is written
+            // once both are done.
+            std::thread::scope(|s| {
+                let synced = durable.then(|| s.spawn(|| worker.file.sync_data()));
+                let digests = seal_digests(&worker.file, chunk_size);
+                if let Some(synced) = synced {
+                    synced
+                        .join()
+                        .map_err(|_| std::io::Error::other("sync failed"))??;
+                }
+                digests
+            })
+        })
+        .await?;
+        let mut replaced = None;
+        let record = self.writes().registry.update(staged.id, durable, |r| {
+            // Seals run concurrently (a close, then another writer's close): one
+            // that hashed an older generation must not replace a newer seal,
+            // whose upload would then never be asked for.
+            if r.sealed.as_ref().is_some_and(|s| s.generation > generation) {
+                return false;
+            }
+            let mut new = SealedUpload::new(digests, chunk_size, generation);
+            match r.sealed.take() {
+                // The same bytes sealed again (a close after fsync): the upload
+                // under way, or done, stands for this seal too.
+                Some(old) if old.same_content(new.size, new.digest) => {
+                    new.upload_id = old.upload_id;
+                    new.parts = old.parts;
+                    new.verified_etag = old.verified_etag;
+                }
+                old => replaced = old,
+            }
+            r.sealed = Some(new);
+            true
+        })?;
+        let Some(record) = record else {
+            return Ok(());
+        };
+        if let Some(old) = replaced.filter(|old| old.upload_id.is_some()) {
+            let uploader = self.writes().uploader.clone();
+            let key = record.key.clone();
+            tokio::spawn(async move { uploader.abort_recorded(&key, &old).await });
+        }
+        {
+            let mut state = staged.state.lock();
+            state.sealed = state.sealed.max(generation);
+        }
+        self.queue_upload(staged.id);
+        Ok(())
+    }
+
+    /// A handle on a staged file closed.
+    pub(crate) fn release_staged(self: &Arc<Self>, staged: &Arc<StagedFile>, writer: bool) {
+        let (last, dirty) = {
+            let mut state = staged.state.lock();
+            if writer {
+                state.writers -= 1;
+            }
+            (
+                state.writers == 0 && !state.gone,
+                state.generation != state.sealed,
+            )
+        };
+        tracing::debug!(id = staged.id, writer, last, dirty, "staged file released");
+        if !last {
+            return;
+        }
+        if dirty {
+            let core = self.clone();
+            let staged = staged.clone();
+            tokio::spawn(async move {
+                if let Err(e) = core.seal(&staged, false).await {
+                    tracing::error!(id = staged.id, "cannot seal a written file: {e}");
+                }
+            });
+        } else {
+            // An upload verified while the file was open can finish now.
+            self.queue_upload(staged.id);
+        }
+    }
+
+    /// fsync: seal what was written; with durability=remote, wait until the
+    /// store has it verified.
+    pub(crate) async fn fsync_staged(self: &Arc<Self>, staged: &Arc<StagedFile>) -> FsResult<()> {
+        let (generation, dirty) = {
+            let state = staged.state.lock();
+            (state.generation, state.generation != state.sealed)
+        };
+        if dirty {
+            self.seal(staged, true).await?;
+        } else {
+            let worker = staged.clone();
+            run_blocking(move || worker.file.sync_data()).await?;
+        }
+        if self.options().durability == Durability::Remote {
+            let mut verified = staged.verified.subscribe();
+            tracing::debug!(id = staged.id, "fsync waits for the verified upload");
+            verified
+                .wait_for(|v| *v >= generation)
+                .await
+                .map_err(|_| FsError::Store("the upload was dropped".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Marks a staged file gone (unlinked or replaced) and forgets its record.
+    pub(crate) fn drop_staged(&self, id: u64) -> FsResult<()> {
+        if let Some(staged) = self.writes().files.lock().remove(&id) {
+            staged.state.lock().gone = true;
+        }
+        let registry = &self.writes().registry;
+        let record = registry.locked(|| -> FsResult<_> {
+            let record = registry.get(id)?;
+            registry.delete(id)?;
+            Ok(record)
+        })?;
+        let size = std::fs::metadata(self.writes().staging.path(id))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.writes().staging.remove(id);
+        self.writes().add_dirty(-(size as i64));
+        if let Some(StagedRecord {
+            key,
+            sealed: Some(sealed),
+        }) = record
+            && sealed.upload_id.is_some()
+        {
+            let uploader = self.writes().uploader.clone();
+            tokio::spawn(async move { uploader.abort_recorded(&key, &sealed).await });
+        }
+        Ok(())
+    }
+}
