@@ -1,6 +1,7 @@
 //! The engine's error type and its one mapping to errno values.
 
 use std::io;
+use std::sync::Arc;
 
 use tierfs_fuse::Errno;
 
@@ -19,14 +20,23 @@ pub enum FsError {
     Stale(String),
     #[error("object store: {0}")]
     Store(String),
+    /// A request to the store failed; the store client's error is kept.
+    #[error("object store: {}", error_chain(.0.as_ref()))]
+    StoreRequest(#[source] Arc<object_store::Error>),
     /// The store refused the credentials or the permission: retrying soon does
     /// not help.
-    #[error("object store refused access: {0}")]
-    Denied(String),
+    #[error("object store refused access: {}", error_chain(.0.as_ref()))]
+    Denied(#[source] Arc<object_store::Error>),
     #[error("timed out after {0:?} waiting for the object store")]
     Timeout(std::time::Duration),
     #[error("local cache: {0}")]
     Cache(String),
+    /// Local file I/O failed (cache files, staging files).
+    #[error("local cache: {0}")]
+    Io(#[source] Arc<io::Error>),
+    /// The metadata database failed.
+    #[error("local cache: {0}")]
+    Meta(#[source] Arc<rocksdb::Error>),
     /// A directory whose listing the store client refuses; logged once where found.
     #[error("directory cannot be listed: {0}")]
     Unlistable(String),
@@ -68,8 +78,11 @@ impl FsError {
             FsError::BadHandle(_) => libc::EBADF,
             FsError::Stale(_) => libc::ESTALE,
             FsError::Store(_)
+            | FsError::StoreRequest(_)
             | FsError::Timeout(_)
             | FsError::Cache(_)
+            | FsError::Io(_)
+            | FsError::Meta(_)
             | FsError::Unlistable(_) => libc::EIO,
             FsError::ReadOnly => libc::EROFS,
             FsError::NoAttribute => libc::ENODATA,
@@ -90,21 +103,21 @@ impl FsError {
             object_store::Error::NotFound { .. } => FsError::NotFound,
             object_store::Error::Precondition { path, .. } => FsError::Stale(path),
             e @ (object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }) => FsError::Denied(error_chain(&e)),
-            other => FsError::Store(error_chain(&other)),
+            | object_store::Error::Unauthenticated { .. }) => FsError::Denied(Arc::new(e)),
+            other => FsError::StoreRequest(Arc::new(other)),
         }
     }
 }
 
 impl From<io::Error> for FsError {
     fn from(e: io::Error) -> Self {
-        FsError::Cache(e.to_string())
+        FsError::Io(Arc::new(e))
     }
 }
 
 impl From<rocksdb::Error> for FsError {
     fn from(e: rocksdb::Error) -> Self {
-        FsError::Cache(e.to_string())
+        FsError::Meta(Arc::new(e))
     }
 }
 
@@ -152,5 +165,11 @@ mod tests {
             source: "connection reset".into(),
         });
         assert_eq!(other.errno().0, libc::EIO);
+        assert!(other.to_string().contains("connection reset"), "{other}");
+        let source = std::error::Error::source(&other).expect("the store's error is kept");
+        assert!(source.to_string().contains("connection reset"));
+        let io = FsError::from(io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(io.errno().0, libc::EIO);
+        assert!(std::error::Error::source(&io).is_some());
     }
 }

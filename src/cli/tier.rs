@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::control::client::{find_mount, mounts, request_json, socket_of};
 use crate::control::status::Status;
 use crate::engine::xattrs::{PIN, PREFETCH, TIER};
+use crate::model::tier_report::TierReport;
 
 const POLL: Duration = Duration::from_millis(200);
 
@@ -88,10 +89,8 @@ fn files_below(path: &Path) -> Vec<PathBuf> {
 /// trailing `pin TIER P%`.
 fn pin_percent(file: &Path) -> Option<u64> {
     let report = xattr::get(file, TIER).ok()??;
-    let report = String::from_utf8_lossy(&report).into_owned();
-    let last = report.rsplit(", ").next()?;
-    let percent = last.strip_prefix("pin ")?.split(' ').nth(1)?;
-    percent.trim_end_matches('%').parse().ok()
+    let report: TierReport = String::from_utf8_lossy(&report).parse().ok()?;
+    report.pin.map(|(_, percent)| percent)
 }
 
 fn bar(total: u64) -> ProgressBar {

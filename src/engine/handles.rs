@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tierfs_fuse::{Backing, FileIdentity, Flushed, Opened, Released};
 use tierfs_policy::{ReadaheadState, page_cache_behind};
 
-use super::open_files::OpenFile;
+use super::open_files::{OpenFile, OpenTarget, VersionHandle};
 use super::{EngineCore, NVME_SETTLE};
 use crate::model::chunk::ChunkLayout;
 
@@ -102,7 +102,7 @@ impl EngineCore {
         writer: bool,
     ) -> FsResult<Opened> {
         self.last_opened.lock().remove(&ino);
-        let open = OpenFile::new(ino, None, Some(staged.clone()), writer);
+        let open = OpenFile::staged(ino, staged.clone(), writer);
         let (fh, backing) =
             self.add_handle(open, |live| Ok(self.staged_backing(&staged, writer, live)))?;
         Ok(Opened {
@@ -119,8 +119,11 @@ impl EngineCore {
     /// The staged file a handle writes, for the write path.
     pub(crate) fn writable_handle(&self, fh: u64) -> FsResult<Arc<StagedFile>> {
         let open = self.handle(fh)?;
-        match (&open.staged, open.writer) {
-            (Some(staged), true) => Ok(staged.clone()),
+        match &open.target {
+            OpenTarget::Staged {
+                staged,
+                writer: true,
+            } => Ok(staged.clone()),
             _ => Err(FsError::BadHandle(fh)),
         }
     }
@@ -131,11 +134,9 @@ impl EngineCore {
         let Some(open) = open.filter(|o| o.passthrough.swap(false, Ordering::Relaxed)) else {
             return;
         };
-        if let Some(version) = &open.version {
-            self.reader.nvme().unhold(version.id);
-        }
-        if let Some(staged) = &open.staged {
-            staged.drop_direct_handle();
+        match &open.target {
+            OpenTarget::Version(reading) => self.reader.nvme().unhold(reading.version.id),
+            OpenTarget::Staged { staged, .. } => staged.drop_direct_handle(),
         }
         self.io_modes.passthrough_refused(open.ino);
     }
@@ -152,21 +153,22 @@ impl EngineCore {
     /// reader fetches next.
     pub(super) fn page_cache_left_behind(
         &self,
-        open: &OpenFile,
-        file: &FileVersion,
+        ino: u64,
+        reading: &VersionHandle,
         state: ReadaheadState,
     ) -> Option<(u64, u64)> {
+        let file = &reading.version;
         if !self.passthrough() {
             return None;
         }
-        let from = open.dropped_below.load(Ordering::Relaxed);
+        let from = reading.dropped_below.load(Ordering::Relaxed);
         let behind = page_cache_behind(state, from, KERNEL_READAHEAD_CHUNKS);
-        if behind.is_empty() || !self.io_modes.sole_cached_handle(open.ino) {
+        if behind.is_empty() || !self.io_modes.sole_cached_handle(ino) {
             return None;
         }
         // Kept in the page cache, the chunks need not wait for their NVMe copy
         // to leave RAM.
-        let kept = self.kernel_cache.holds(open.ino, file.id);
+        let kept = self.kernel_cache.holds(ino, file.id);
         let nvme = self.reader.nvme();
         let end = if kept {
             behind.end
@@ -182,7 +184,7 @@ impl EngineCore {
                 .unwrap_or(behind.end)
         };
         if end == from
-            || open
+            || reading
                 .dropped_below
                 .compare_exchange(from, end, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
@@ -207,7 +209,7 @@ impl EngineCore {
         let Ok(open) = self.handle(fh) else {
             return Ok(Flushed::default());
         };
-        let Some(version) = &open.version else {
+        let Some(version) = open.read_version() else {
             return Ok(Flushed::default());
         };
         // A passthrough handle is never the inode's sole cached one.
@@ -231,24 +233,25 @@ impl EngineCore {
         };
         let passthrough = open.passthrough.load(Ordering::Relaxed);
         let last_on_inode = self.io_modes.release(open.ino, passthrough);
-        if let Some(staged) = &open.staged {
-            if passthrough {
-                if open.writer {
-                    self.end_direct_writes(staged);
-                } else {
-                    staged.drop_direct_handle();
+        let reading = match &open.target {
+            OpenTarget::Version(reading) => reading,
+            OpenTarget::Staged { staged, writer } => {
+                if passthrough {
+                    if *writer {
+                        self.end_direct_writes(staged);
+                    } else {
+                        staged.drop_direct_handle();
+                    }
                 }
+                self.release_staged(staged, *writer);
+                return Released::default();
             }
-            self.release_staged(staged, open.writer);
-            return Released::default();
-        }
-        let Some(version) = &open.version else {
-            return Released::default();
         };
+        let version = &reading.version;
         self.kept.closed(version.id);
         tracing::debug!(
             path = %version.path,
-            widest_readahead = open.widest_window.load(Ordering::Relaxed),
+            widest_readahead = reading.widest_window.load(Ordering::Relaxed),
             passthrough,
             "file closed"
         );
@@ -286,6 +289,8 @@ impl EngineCore {
 
     /// The file version an open handle reads, for tests and tools.
     pub fn handle_version(&self, fh: u64) -> Option<Arc<FileVersion>> {
-        self.files.get(fh).and_then(|open| open.version.clone())
+        self.files
+            .get(fh)
+            .and_then(|open| open.read_version().cloned())
     }
 }

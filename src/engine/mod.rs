@@ -53,7 +53,7 @@ mod write_ops;
 mod write_passthrough;
 pub mod xattrs;
 
-use open_files::{OpenFile, OpenFiles};
+use open_files::{OpenFile, OpenFiles, OpenTarget};
 use page_cache::KernelPageCache;
 
 /// The longest an open waits for a version's last NVMe writes, to be served by
@@ -399,8 +399,7 @@ impl EngineCore {
                 .settle_nvme(version.id, version.size, NVME_SETTLE)
                 .await;
         }
-        let mut open = OpenFile::new(ino, Some(version.clone()), None, false);
-        open.from_page_cache = from_page_cache;
+        let open = OpenFile::version(ino, version.clone(), from_page_cache);
         let (fh, backing) = self.add_handle(open, |live| {
             self.version_backing(&version, live, !from_page_cache)
         })?;
@@ -473,14 +472,14 @@ impl EngineCore {
     /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
         let open = self.handle(fh)?;
-        match open.staged.clone() {
-            Some(staged) => {
-                if open.writer && open.passthrough.load(Ordering::Relaxed) {
-                    self.absorb_direct_writes(&staged);
+        match &open.target {
+            OpenTarget::Staged { staged, writer } => {
+                if *writer && open.passthrough.load(Ordering::Relaxed) {
+                    self.absorb_direct_writes(staged);
                 }
-                self.fsync_staged(&staged).await
+                self.fsync_staged(staged).await
             }
-            None => Ok(()),
+            OpenTarget::Version(_) => Ok(()),
         }
     }
 

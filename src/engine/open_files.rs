@@ -11,20 +11,32 @@ use tierfs_policy::ReadaheadState;
 use crate::model::version::{FileId, FileVersion, OpenVersions};
 use crate::write::path::StagedFile;
 
-/// An open file: the version it reads and how its reader moves through it, or
-/// the staged file it reads and writes.
+/// An open file: an object version read through the tiers, or a staged file.
 pub(super) struct OpenFile {
     pub(super) ino: u64,
-    pub(super) version: Option<Arc<FileVersion>>,
-    pub(super) staged: Option<Arc<StagedFile>>,
-    /// Opened for writing: counts as a writer of the staged file.
-    pub(super) writer: bool,
-    pub(super) readahead: Mutex<ReadaheadState>,
-    /// The widest readahead window this handle reached, in chunks.
-    pub(super) widest_window: AtomicU64,
     /// The kernel serves it from a backing file (FUSE passthrough): the NVMe
     /// copy, held against eviction, or the staging file.
     pub(super) passthrough: AtomicBool,
+    pub(super) target: OpenTarget,
+}
+
+pub(super) enum OpenTarget {
+    /// A version of an object, read through the tiers.
+    Version(VersionHandle),
+    /// A file written through the mount and not yet verified in the store.
+    Staged {
+        staged: Arc<StagedFile>,
+        /// Opened for writing: counts as a writer of the staged file.
+        writer: bool,
+    },
+}
+
+/// A handle reading an object version, and how its reader moves through it.
+pub(super) struct VersionHandle {
+    pub(super) version: Arc<FileVersion>,
+    pub(super) readahead: Mutex<ReadaheadState>,
+    /// The widest readahead window this handle reached, in chunks.
+    pub(super) widest_window: AtomicU64,
     /// The chunks below this one had their page cache dropped behind the reader.
     pub(super) dropped_below: AtomicU64,
     /// Opened to be served from the kernel's page cache, which held the file
@@ -33,22 +45,36 @@ pub(super) struct OpenFile {
 }
 
 impl OpenFile {
-    pub(super) fn new(
-        ino: u64,
-        version: Option<Arc<FileVersion>>,
-        staged: Option<Arc<StagedFile>>,
-        writer: bool,
-    ) -> OpenFile {
+    pub(super) fn version(ino: u64, version: Arc<FileVersion>, from_page_cache: bool) -> OpenFile {
+        OpenFile::new(
+            ino,
+            OpenTarget::Version(VersionHandle {
+                version,
+                readahead: Mutex::new(ReadaheadState::default()),
+                widest_window: AtomicU64::new(0),
+                dropped_below: AtomicU64::new(0),
+                from_page_cache,
+            }),
+        )
+    }
+
+    pub(super) fn staged(ino: u64, staged: Arc<StagedFile>, writer: bool) -> OpenFile {
+        OpenFile::new(ino, OpenTarget::Staged { staged, writer })
+    }
+
+    fn new(ino: u64, target: OpenTarget) -> OpenFile {
         OpenFile {
             ino,
-            version,
-            staged,
-            writer,
-            readahead: Mutex::new(ReadaheadState::default()),
-            widest_window: AtomicU64::new(0),
             passthrough: AtomicBool::new(false),
-            dropped_below: AtomicU64::new(0),
-            from_page_cache: false,
+            target,
+        }
+    }
+
+    /// The version the handle reads, unless it is a staged file.
+    pub(super) fn read_version(&self) -> Option<&Arc<FileVersion>> {
+        match &self.target {
+            OpenTarget::Version(handle) => Some(&handle.version),
+            OpenTarget::Staged { .. } => None,
         }
     }
 }
@@ -74,7 +100,7 @@ impl OpenFiles {
         self.0
             .lock()
             .values()
-            .filter_map(|open| open.version.clone())
+            .filter_map(|open| open.read_version().cloned())
             .collect()
     }
 }
@@ -88,7 +114,7 @@ impl OpenVersions for OpenFiles {
         self.0
             .lock()
             .values()
-            .any(|open| open.version.as_ref().is_some_and(|v| v.id == id))
+            .any(|open| open.read_version().is_some_and(|v| v.id == id))
     }
 
     fn open_versions_of(&self, key: &str) -> Vec<Arc<FileVersion>> {

@@ -6,6 +6,7 @@ use crate::model::version::FileVersion;
 use crate::namespace::is_within;
 use crate::namespace::object_path;
 use crate::tier_manager::placement::{PinnedFile, RESOLVE_EVERY, RETRY_AFTER_SECS, TICK};
+use crate::tiers::access::TierAccess;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -212,22 +213,15 @@ impl EngineCore {
 
     /// Ends the holds a pin kept; the bytes stay as ordinary cache.
     fn end_pin(&self, file: &PinnedFile) {
-        let id = file.version.id;
-        if self
-            .reader()
-            .ram()
-            .hold_of(id)
-            .is_some_and(|h| h.kind == HoldKind::Pin)
-            && let Some(hold) = self.reader().ram().release(id)
-        {
-            self.manager()
-                .jobs
-                .stats
-                .bytes_down
-                .fetch_add(hold.bytes, Ordering::Relaxed);
-        }
+        let (id, tiers) = (file.version.id, self.reader());
+        let bytes = tiers.release(Tier::Ram, id, HoldKind::Pin);
+        self.manager()
+            .jobs
+            .stats
+            .bytes_down
+            .fetch_add(bytes, Ordering::Relaxed);
         if file.nvme_held {
-            self.reader().nvme().unhold(id);
+            tiers.release(Tier::Nvme, id, HoldKind::Pin);
         }
     }
 

@@ -10,8 +10,8 @@ use tierfs_fuse::ReadData;
 use tierfs_policy::{ReadaheadPlan, plan_readahead};
 
 use super::EngineCore;
-use super::open_files::OpenFile;
-use crate::error::{FsError, FsResult};
+use super::open_files::{OpenTarget, VersionHandle};
+use crate::error::FsResult;
 use crate::io::blocking::run_blocking;
 use crate::tiers::reader::Prefetch;
 
@@ -23,21 +23,22 @@ impl EngineCore {
     /// A read for the kernel: the bytes, and what it may drop of its page cache.
     pub async fn kernel_read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let open = self.handle(fh)?;
-        if let Some(staged) = &open.staged {
-            let staged = staged.clone();
-            let data = run_blocking(move || {
-                crate::write::staging::read_at(&staged.file, offset, size as u64)
-            })
-            .await?;
-            return Ok(ReadData {
-                data: Bytes::from(data),
-                drop_behind: None,
-            });
-        }
-        let Some(file) = &open.version else {
-            return Err(FsError::BadHandle(fh));
+        let reading = match &open.target {
+            OpenTarget::Version(reading) => reading,
+            OpenTarget::Staged { staged, .. } => {
+                let staged = staged.clone();
+                let data = run_blocking(move || {
+                    crate::write::staging::read_at(&staged.file, offset, size as u64)
+                })
+                .await?;
+                return Ok(ReadData {
+                    data: Bytes::from(data),
+                    drop_behind: None,
+                });
+            }
         };
-        if open.from_page_cache {
+        let file = &reading.version;
+        if reading.from_page_cache {
             // Stray pages while the page cache still counts as holding the
             // file; a reader streaming through a dropped page cache after that.
             let still_held = self
@@ -52,10 +53,10 @@ impl EngineCore {
         } else {
             self.kernel_cache.filled(open.ino, file.id);
         }
-        let plan = self.plan_readahead(&open, file, offset, size);
+        let plan = self.plan_readahead(reading, offset, size);
         let drop_behind = plan
             .as_ref()
-            .and_then(|plan| self.page_cache_left_behind(&open, file, plan.state));
+            .and_then(|plan| self.page_cache_left_behind(open.ino, reading, plan.state));
         let data = self
             .read_keeping_window_full(file, plan.as_ref(), offset, size)
             .await?;
@@ -66,18 +67,18 @@ impl EngineCore {
     /// None when readahead is off or the read is empty.
     pub(super) fn plan_readahead(
         &self,
-        open: &OpenFile,
-        file: &FileVersion,
+        reading: &VersionHandle,
         offset: u64,
         size: u32,
     ) -> Option<ReadaheadPlan> {
+        let file = &reading.version;
         let chunk_size = self.options.chunk_size;
         let end = (offset + size as u64).min(file.size);
         if self.options.prefetch_max == 0 || end <= offset {
             return None;
         }
         let plan = {
-            let mut state = open.readahead.lock();
+            let mut state = reading.readahead.lock();
             let plan = plan_readahead(
                 *state,
                 offset / chunk_size,
@@ -91,7 +92,8 @@ impl EngineCore {
         if plan.reset {
             self.stats.readahead_resets.fetch_add(1, Ordering::Relaxed);
         }
-        open.widest_window
+        reading
+            .widest_window
             .fetch_max(plan.state.window, Ordering::Relaxed);
         Some(plan)
     }

@@ -15,7 +15,7 @@ use crate::error::{FsError, FsResult};
 use crate::meta::chunk_index::VersionInfo;
 use crate::model::chunk::ChunkLayout;
 
-use crate::write::uploader::{Skipped, Uploaded};
+use crate::write::uploader::{UploadOutcome, Uploaded};
 
 use crate::write::registry::{SealedUpload, StagedRecord};
 
@@ -44,8 +44,8 @@ impl EngineCore {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = match self.writes().uploader.upload(id).await {
-                Ok(Ok(uploaded)) => self.finish_upload(id, uploaded).await,
-                Ok(Err(Skipped::NothingToDo | Skipped::Changed)) => Ok(()),
+                Ok(UploadOutcome::Uploaded(uploaded)) => self.finish_upload(id, uploaded).await,
+                Ok(UploadOutcome::NothingToDo | UploadOutcome::Changed) => Ok(()),
                 Err(e) => Err(e),
             };
             match result {

@@ -12,6 +12,7 @@
 //!   gives the pin that applies to it): keeps a file, or everything below a
 //!   directory including files created later, in the tier.
 
+use crate::model::tier_report::TierReport;
 use crate::namespace::object_path;
 use tierfs_policy::Priority;
 
@@ -93,7 +94,7 @@ impl EngineCore {
             return Err(FsError::NoAttribute);
         }
         match name {
-            TIER => Ok(self.tier_report(&node)?.into_bytes()),
+            TIER => Ok(self.tier_report(&node)?.to_string().into_bytes()),
             DIGEST => self.digest_of(&node).await.map(String::into_bytes),
             _ => Err(FsError::NoAttribute),
         }
@@ -132,42 +133,25 @@ impl EngineCore {
 
     /// `ram 25% 2097152, nvme 100% 8388608, store 100% 8388608`: the share of
     /// the file in each tier, and its bytes there.
-    fn tier_report(&self, node: &Node) -> FsResult<String> {
-        let share = |bytes: u64| {
-            // An empty file is wholly wherever it is.
-            let percent = (bytes * 100).checked_div(node.size).unwrap_or(100).min(100);
-            format!("{percent}% {bytes}")
-        };
+    fn tier_report(&self, node: &Node) -> FsResult<TierReport> {
         if node.staged.is_some() {
             // Written through the mount, not yet verified in the store.
-            return Ok(format!(
-                "ram {}, nvme {}, store {}",
-                share(0),
-                share(node.size),
-                share(0)
-            ));
+            return Ok(TierReport::new(node.size, 0, node.size, 0, None));
         }
         // Only looks: the version is bound when the file is opened.
         let id = self.file_id(node);
         let ram = self.reader().ram_bytes_of(id, node.size);
         let nvme = self.reader().nvme().bytes_of(id);
-        let mut report = format!(
-            "ram {}, nvme {}, store {}",
-            share(ram),
-            share(nvme),
-            share(node.size)
-        );
         // A pin's progress: the share of the file in its tier and held there.
-        if let Some((_, tier)) = self.manager().pins.effective(&node.path) {
+        let pin = self.manager().pins.effective(&node.path).map(|(_, tier)| {
             let held = match tier {
                 Tier::Ram if self.reader().ram().hold_of(id).is_some() => ram,
                 Tier::Nvme if self.pin_holds_nvme(&node.path, id) => nvme,
                 _ => 0,
             };
-            let percent = (held * 100).checked_div(node.size).unwrap_or(100).min(100);
-            report.push_str(&format!(", pin {} {percent}%", tier.name()));
-        }
-        Ok(report)
+            (tier, held)
+        });
+        Ok(TierReport::new(node.size, ram, nvme, node.size, pin))
     }
 
     /// The whole-file digest: of the sealed bytes for a staged file, from the

@@ -7,5 +7,6 @@ pub mod latency;
 pub mod options;
 pub mod paths;
 pub mod tier;
+pub mod tier_report;
 pub mod units;
 pub mod version;

@@ -43,6 +43,18 @@ pub struct Uploaded {
     pub etag: Option<String>,
 }
 
+impl Uploaded {
+    fn of(key: String, sealed: &SealedUpload, etag: Option<String>) -> Uploaded {
+        Uploaded {
+            key,
+            generation: sealed.generation,
+            size: sealed.size,
+            digest: sealed.digest,
+            etag,
+        }
+    }
+}
+
 /// Counters shown by the status of the mount.
 #[derive(Debug, Default)]
 pub struct UploadStats {
@@ -62,11 +74,21 @@ pub struct Uploader {
     pub stats: UploadStats,
 }
 
-/// Why an upload stopped without an object: not an error, nothing to retry.
-pub enum Skipped {
-    /// The record is gone (unlinked) or not sealed.
+/// How an upload ended, when nothing failed.
+pub enum UploadOutcome {
+    /// The object is in the store and verified.
+    Uploaded(Uploaded),
+    /// The record is gone (unlinked) or not sealed: nothing to upload.
     NothingToDo,
     /// The file changed after it was sealed; a newer seal will upload it.
+    Changed,
+}
+
+/// How sending the bytes ended, when nothing failed.
+enum Sent {
+    /// The store has the object, with this ETag when it gives one.
+    Stored(Option<String>),
+    /// The file changed while it was sent: the upload was given up.
     Changed,
 }
 
@@ -94,22 +116,17 @@ impl Uploader {
     }
 
     /// Uploads and verifies the sealed state of staged file `id`.
-    pub async fn upload(&self, id: u64) -> FsResult<Result<Uploaded, Skipped>> {
+    pub async fn upload(&self, id: u64) -> FsResult<UploadOutcome> {
         let Some(StagedRecord {
             key,
             sealed: Some(sealed),
         }) = self.registry.get(id)?
         else {
-            return Ok(Err(Skipped::NothingToDo));
+            return Ok(UploadOutcome::NothingToDo);
         };
         if let Some(etag) = &sealed.verified_etag {
-            return Ok(Ok(Uploaded {
-                key,
-                generation: sealed.generation,
-                size: sealed.size,
-                digest: sealed.digest,
-                etag: Some(etag.clone()),
-            }));
+            let etag = Some(etag.clone());
+            return Ok(UploadOutcome::Uploaded(Uploaded::of(key, &sealed, etag)));
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -117,19 +134,13 @@ impl Uploader {
         let sent = started.elapsed();
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let etag = match result? {
-            Ok(etag) => etag,
-            Err(skipped) => return Ok(Err(skipped)),
+            Sent::Stored(etag) => etag,
+            Sent::Changed => return Ok(UploadOutcome::Changed),
         };
         let etag = self.verify(&key, &sealed, etag.as_deref()).await?;
         tracing::debug!(key, ?sent, verified = ?started.elapsed() - sent, "upload timing");
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
-        Ok(Ok(Uploaded {
-            key,
-            generation: sealed.generation,
-            size: sealed.size,
-            digest: sealed.digest,
-            etag,
-        }))
+        Ok(UploadOutcome::Uploaded(Uploaded::of(key, &sealed, etag)))
     }
 
     fn chunks_per_part(sealed: &SealedUpload) -> u64 {
@@ -185,12 +196,7 @@ impl Uploader {
     }
 
     /// Puts the object; returns the ETag the store answered with.
-    async fn send(
-        &self,
-        id: u64,
-        key: &str,
-        sealed: &SealedUpload,
-    ) -> FsResult<Result<Option<String>, Skipped>> {
+    async fn send(&self, id: u64, key: &str, sealed: &SealedUpload) -> FsResult<Sent> {
         let path = object_path(key)?;
         let parts = Self::part_count(sealed);
         match (&self.client.multipart, parts) {
@@ -201,7 +207,7 @@ impl Uploader {
                 } else {
                     match self.read_part(id, sealed, 0).await? {
                         Some(data) => data,
-                        None => return Ok(Err(Skipped::Changed)),
+                        None => return Ok(Sent::Changed),
                     }
                 };
                 let _permit = self.parts.acquire().await;
@@ -216,7 +222,7 @@ impl Uploader {
                     .put_opts(&path, PutPayload::from(payload), options)
                     .await
                     .map_err(FsError::from_store)?;
-                Ok(Ok(result.e_tag))
+                Ok(Sent::Stored(result.e_tag))
             }
             (None, _) => self.send_local(id, &path, sealed).await,
         }
@@ -224,12 +230,7 @@ impl Uploader {
 
     /// A local directory store: the store client writes a hidden `key#N` file and
     /// renames it into place on completion; one left by a crash is removed first.
-    async fn send_local(
-        &self,
-        id: u64,
-        path: &Path,
-        sealed: &SealedUpload,
-    ) -> FsResult<Result<Option<String>, Skipped>> {
+    async fn send_local(&self, id: u64, path: &Path, sealed: &SealedUpload) -> FsResult<Sent> {
         if let Some(root) = &self.client.local_root {
             remove_unfinished_local_uploads(root, path.as_ref());
         }
@@ -242,7 +243,7 @@ impl Uploader {
         for part in 0..Self::part_count(sealed) {
             let Some(data) = self.read_part(id, sealed, part).await? else {
                 let _ = upload.abort().await;
-                return Ok(Err(Skipped::Changed));
+                return Ok(Sent::Changed);
             };
             self.pace(data.len() as u64).await;
             if let Err(e) = upload.put_part(PutPayload::from(data)).await {
@@ -251,7 +252,7 @@ impl Uploader {
             }
         }
         let result = upload.complete().await.map_err(FsError::from_store)?;
-        Ok(Ok(result.e_tag))
+        Ok(Sent::Stored(result.e_tag))
     }
 
     async fn send_multipart(
@@ -260,7 +261,7 @@ impl Uploader {
         path: &Path,
         sealed: &SealedUpload,
         multipart: &Arc<dyn MultipartStore>,
-    ) -> FsResult<Result<Option<String>, Skipped>> {
+    ) -> FsResult<Sent> {
         let part_count = Self::part_count(sealed) as usize;
         let upload_id = match &sealed.upload_id {
             Some(upload_id) => upload_id.clone(),
@@ -292,7 +293,7 @@ impl Uploader {
                     });
                 if !ours {
                     let _ = multipart.abort_multipart(path, &upload_id).await;
-                    return Ok(Err(Skipped::Changed));
+                    return Ok(Sent::Changed);
                 }
                 upload_id
             }
@@ -331,7 +332,7 @@ impl Uploader {
             .await?;
         if uploaded.iter().any(Option::is_none) {
             self.abandon(id, path, &upload_id, multipart).await;
-            return Ok(Err(Skipped::Changed));
+            return Ok(Sent::Changed);
         }
         let mut parts = done;
         for (part, content_id) in uploaded.into_iter().flatten() {
@@ -347,7 +348,7 @@ impl Uploader {
         let completed = multipart.complete_multipart(path, &upload_id, parts).await;
         tracing::debug!(key = %path, completion = ?completing.elapsed(), "multipart upload completed");
         match completed {
-            Ok(result) => Ok(Ok(result.e_tag)),
+            Ok(result) => Ok(Sent::Stored(result.e_tag)),
             Err(e) => {
                 // A store that lost the upload (expired, or aborted by hand)
                 // answers the same way every time: start over.
