@@ -176,36 +176,16 @@ impl EngineCore {
             .filter(|(_, r)| moves(&r.key, from, tree))
             .collect();
         let staged_keys: HashSet<String> = staged.iter().map(|(_, r)| r.key.clone()).collect();
-        let in_store: Vec<String> = if tree {
-            let prefix = object_path(from)?;
-            self.store()
-                .list(Some(&prefix))
-                .map_ok(|meta| meta.location.to_string())
-                .try_collect()
-                .await
-                .map_err(FsError::from_store)?
-        } else {
-            match self.store().head(&object_path(from)?).await {
-                Ok(_) => vec![from.to_string()],
-                Err(object_store::Error::NotFound { .. }) => Vec::new(),
-                Err(e) => return Err(FsError::from_store(e)),
-            }
-        };
-        let store = self.store().clone();
-        let moved: Vec<String> = in_store
+        let moved: Vec<String> = self
+            .objects_to_move(from, tree)
+            .await?
             .into_iter()
             .filter(|k| !staged_keys.contains(k))
             .collect();
         futures::stream::iter(moved.clone())
-            .map(|key| {
-                let store = store.clone();
-                async move {
-                    let dest = format!("{to}{}", &key[from.len()..]);
-                    store
-                        .rename(&object_path(&key)?, &object_path(&dest)?)
-                        .await
-                        .map_err(FsError::from_store)
-                }
+            .map(|key| async move {
+                let dest = renamed(&key, from, to);
+                self.rename_object(&key, &dest).await
             })
             .buffer_unordered(16)
             .try_collect::<Vec<()>>()
@@ -214,23 +194,72 @@ impl EngineCore {
         for key in &moved {
             client.prune_empty_parents(key);
         }
+        let uploaded_meanwhile = self.move_records(&staged, from, to, tree)?;
+        // Files whose upload completed while this rename ran are objects now.
+        for key in uploaded_meanwhile {
+            match self.rename_object(&key, &renamed(&key, from, to)).await {
+                Ok(()) | Err(FsError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+            client.prune_empty_parents(&key);
+        }
+        Ok(())
+    }
+
+    /// The keys in the store at `from`: the object, or every object below it.
+    async fn objects_to_move(&self, from: &str, tree: bool) -> FsResult<Vec<String>> {
+        if tree {
+            let prefix = object_path(from)?;
+            return self
+                .store()
+                .list(Some(&prefix))
+                .map_ok(|meta| meta.location.to_string())
+                .try_collect()
+                .await
+                .map_err(FsError::from_store);
+        }
+        match self.store().head(&object_path(from)?).await {
+            Ok(_) => Ok(vec![from.to_string()]),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(FsError::from_store(e)),
+        }
+    }
+
+    async fn rename_object(&self, key: &str, dest: &str) -> FsResult<()> {
+        self.store()
+            .rename(&object_path(key)?, &object_path(dest)?)
+            .await
+            .map_err(FsError::from_store)
+    }
+
+    /// Renames the made directories and re-keys the staged records at `from` in
+    /// one batch. Returns the keys of staged files whose upload completed (and
+    /// whose record went) since `staged` was read.
+    fn move_records(
+        &self,
+        staged: &[(u64, StagedRecord)],
+        from: &str,
+        to: &str,
+        tree: bool,
+    ) -> FsResult<Vec<String>> {
+        let registry = &self.writes().registry;
         let dirs: Vec<(String, String)> = registry
             .dirs()?
             .into_iter()
             .filter(|d| moves(d, from, tree))
             .map(|d| {
-                let dest = format!("{to}{}", &d[from.len()..]);
+                let dest = renamed(&d, from, to);
                 (d, dest)
             })
             .collect();
-        let uploaded_meanwhile = registry.locked(|| -> FsResult<Vec<String>> {
+        registry.locked(|| {
             // Records read again under the lock: the uploader may have moved on.
             let mut rekeyed = Vec::new();
             let mut gone = Vec::new();
-            for (id, before) in &staged {
+            for (id, before) in staged {
                 match registry.get(*id)? {
                     Some(mut record) => {
-                        record.key = format!("{to}{}", &record.key[from.len()..]);
+                        record.key = renamed(&record.key, from, to);
                         rekeyed.push((*id, record));
                     }
                     None => gone.push(before.key.clone()),
@@ -238,20 +267,7 @@ impl EngineCore {
             }
             registry.move_tree(&dirs, &rekeyed)?;
             Ok(gone)
-        })?;
-        // Files whose upload completed while this rename ran are objects now.
-        for key in uploaded_meanwhile {
-            let dest = format!("{to}{}", &key[from.len()..]);
-            match store
-                .rename(&object_path(&key)?, &object_path(&dest)?)
-                .await
-            {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(FsError::from_store(e)),
-            }
-            client.prune_empty_parents(&key);
-        }
-        Ok(())
+        })
     }
 
     /// After a restart: shows staged files and made directories again, seals
@@ -300,6 +316,11 @@ impl EngineCore {
         }
         Ok(())
     }
+}
+
+/// `key` (at or below `from`) as it is named once `from` is renamed to `to`.
+fn renamed(key: &str, from: &str, to: &str) -> String {
+    format!("{to}{}", &key[from.len()..])
 }
 
 fn moves(key: &str, from: &str, tree: bool) -> bool {

@@ -3,10 +3,14 @@
 //! makes the verified upload the cached copy of the object's new version.
 
 use crate::model::clock::now_secs;
+use crate::namespace::Node;
 use crate::namespace::object_path;
+use crate::write::path::{StagedFile, StagedState};
+use parking_lot::MutexGuard;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tierfs_fuse::FileKind;
 
 use object_store::ObjectStoreExt;
 
@@ -133,11 +137,14 @@ impl EngineCore {
         }
     }
 
-    /// Returns false when the record moved meanwhile and the caller must look again.
+    /// Makes a verified upload the cached copy of the object's new version,
+    /// unless the file is still being written (then only the verified ETag is
+    /// recorded). Returns false when the record moved meanwhile and the caller
+    /// must look again.
     fn adopt(&self, id: u64, up: &Uploaded, sealed: &SealedUpload) -> FsResult<bool> {
         let registry = self.writes().registry.clone();
         registry.locked(|| {
-            let Some(record) = registry.get(id)? else {
+            let Some(mut record) = registry.get(id)? else {
                 return Ok(false);
             };
             let Some(generation) = record
@@ -148,9 +155,9 @@ impl EngineCore {
             else {
                 return Ok(false);
             };
-            let staged = self.writes().files.lock().get(&id).cloned();
+            let staged = self.writes().loaded(id);
             // Held until the copy is adopted, so that no writer slips in.
-            let mut state = staged.as_ref().map(|s| s.state.lock());
+            let state = staged.as_ref().map(|s| s.state.lock());
             let busy = state
                 .as_ref()
                 .is_some_and(|st| st.writers > 0 || st.generation != generation);
@@ -161,66 +168,87 @@ impl EngineCore {
             if busy {
                 // Still open for writing: the object stays as it is verified, and
                 // the copy becomes clean when the last writer closes unchanged.
-                let mut record = record;
                 if let Some(s) = record.sealed.as_mut() {
                     s.verified_etag = up.etag.clone();
                 }
                 registry.put(id, &record, true)?;
                 return Ok(true);
             }
-            let ino = staged
-                .as_ref()
-                .map(|s| s.ino)
-                .or_else(|| self.ns().node_by_staged(id));
-            // Named as reads will name the object's new version.
-            let mut node =
-                ino.and_then(|ino| self.ns().node(ino))
-                    .unwrap_or_else(|| crate::namespace::Node {
-                        ino: 0,
-                        parent: 0,
-                        path: up.key.clone(),
-                        kind: tierfs_fuse::FileKind::File,
-                        size: 0,
-                        mtime: std::time::UNIX_EPOCH,
-                        etag: None,
-                        staged: None,
-                    });
-            node.etag = up.etag.clone();
-            node.size = up.size;
-            let file = self.file_id(&node);
-            let layout = ChunkLayout::new(sealed.chunk_size, sealed.size);
-            let nvme = self.reader().nvme();
-            let chunks = nvme.link_copy(
-                file,
-                &self.writes().staging.path(id),
-                layout,
-                &sealed.chunk_digests,
-            )?;
-            let info = VersionInfo {
-                created: now_secs(),
-                key: up.key.clone(),
-                digest: Some(sealed.digest),
-            };
-            let object = self.object_id(&up.key);
-            let previous = self.index().bound_version(object)?;
-            registry.commit_upload(id, object, (file, &info), &chunks)?;
-            if let Some(previous) = previous.filter(|p| *p != file) {
-                self.kept().retire(previous)?;
-            }
-            if let Some(st) = state.as_mut() {
-                st.adopted = true;
-            }
-            drop(state);
-            nvme.adopted(&chunks);
-            // Shown as the object before the staging file goes, so that an open
-            // in between reads the adopted copy instead of a missing file.
-            self.ns().mark_uploaded(node.ino, up.size, up.etag.clone());
-            self.writes().files.lock().remove(&id);
-            self.writes().staging.remove(id);
-            self.writes().add_dirty(-(up.size as i64));
-            tracing::info!(key = %up.key, size = up.size, "uploaded and verified");
+            let node = self.node_of_upload(id, staged.as_deref(), up);
+            self.adopt_copy(id, up, sealed, node, state)?;
             Ok(true)
         })
+    }
+
+    /// The node an upload shows, named as reads will name the object's new
+    /// version (its ETag and size).
+    fn node_of_upload(&self, id: u64, staged: Option<&StagedFile>, up: &Uploaded) -> Node {
+        let ino = staged
+            .map(|s| s.ino)
+            .or_else(|| self.ns().node_by_staged(id));
+        let mut node = ino
+            .and_then(|ino| self.ns().node(ino))
+            .unwrap_or_else(|| Node {
+                ino: 0,
+                parent: 0,
+                path: up.key.clone(),
+                kind: FileKind::File,
+                size: 0,
+                mtime: std::time::UNIX_EPOCH,
+                etag: None,
+                staged: None,
+            });
+        node.etag = up.etag.clone();
+        node.size = up.size;
+        node
+    }
+
+    /// The staging file becomes the NVMe copy of `node`'s version (a hard link),
+    /// recorded with the registry's change in one write; the version it replaces
+    /// is retired, and the namespace shows the object.
+    fn adopt_copy(
+        &self,
+        id: u64,
+        up: &Uploaded,
+        sealed: &SealedUpload,
+        node: Node,
+        mut state: Option<MutexGuard<'_, StagedState>>,
+    ) -> FsResult<()> {
+        let file = self.file_id(&node);
+        let layout = ChunkLayout::new(sealed.chunk_size, sealed.size);
+        let nvme = self.reader().nvme();
+        let chunks = nvme.link_copy(
+            file,
+            &self.writes().staging.path(id),
+            layout,
+            &sealed.chunk_digests,
+        )?;
+        let info = VersionInfo {
+            created: now_secs(),
+            key: up.key.clone(),
+            digest: Some(sealed.digest),
+        };
+        let object = self.object_id(&up.key);
+        let previous = self.index().bound_version(object)?;
+        self.writes()
+            .registry
+            .commit_upload(id, object, (file, &info), &chunks)?;
+        if let Some(previous) = previous.filter(|p| *p != file) {
+            self.kept().retire(previous)?;
+        }
+        if let Some(st) = state.as_mut() {
+            st.adopted = true;
+        }
+        drop(state);
+        nvme.adopted(&chunks);
+        // Shown as the object before the staging file goes, so that an open
+        // in between reads the adopted copy instead of a missing file.
+        self.ns().mark_uploaded(node.ino, up.size, up.etag.clone());
+        self.writes().files.lock().remove(&id);
+        self.writes().staging.remove(id);
+        self.writes().add_dirty(-(up.size as i64));
+        tracing::info!(key = %up.key, size = up.size, "uploaded and verified");
+        Ok(())
     }
 
     /// A superseded upload finished under a name its file no longer has (it was

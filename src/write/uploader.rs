@@ -84,6 +84,16 @@ pub enum UploadOutcome {
     Changed,
 }
 
+/// A multipart upload of one seal of a staged file, as its steps see it.
+#[derive(Clone, Copy)]
+struct MultipartUpload<'a> {
+    id: u64,
+    path: &'a Path,
+    sealed: &'a SealedUpload,
+    multipart: &'a Arc<dyn MultipartStore>,
+    part_count: usize,
+}
+
 /// How sending the bytes ended, when nothing failed.
 enum Sent {
     /// The store has the object, with this ETag when it gives one.
@@ -262,71 +272,28 @@ impl Uploader {
         sealed: &SealedUpload,
         multipart: &Arc<dyn MultipartStore>,
     ) -> FsResult<Sent> {
-        let part_count = Self::part_count(sealed) as usize;
+        let upload = MultipartUpload {
+            id,
+            path,
+            sealed,
+            multipart,
+            part_count: Self::part_count(sealed) as usize,
+        };
         let upload_id = match &sealed.upload_id {
             Some(upload_id) => upload_id.clone(),
-            None => {
-                let options = PutMultipartOptions {
-                    attributes: digest_attributes(sealed.digest),
-                    ..PutMultipartOptions::default()
-                };
-                let upload_id = multipart
-                    .create_multipart_opts(path, options)
-                    .await
-                    .map_err(FsError::from_store)?;
-                let recorded = self
-                    .registry
-                    .update(id, true, |r| match r.sealed.as_mut() {
-                        Some(s) if s.same_content(sealed.size, sealed.digest) => {
-                            s.upload_id = Some(upload_id.clone());
-                            s.parts = vec![None; part_count];
-                            true
-                        }
-                        _ => false,
-                    })?;
-                let ours = recorded
-                    .as_ref()
-                    .and_then(|r| r.sealed.as_ref())
-                    .is_some_and(|s| {
-                        s.same_content(sealed.size, sealed.digest)
-                            && s.upload_id.as_ref() == Some(&upload_id)
-                    });
-                if !ours {
-                    let _ = multipart.abort_multipart(path, &upload_id).await;
-                    return Ok(Sent::Changed);
-                }
-                upload_id
-            }
+            None => match self.start_multipart(&upload).await? {
+                Some(upload_id) => upload_id,
+                None => return Ok(Sent::Changed),
+            },
         };
-        let done: Vec<Option<String>> = (0..part_count)
+        let mut parts: Vec<Option<String>> = (0..upload.part_count)
             .map(|i| sealed.parts.get(i).cloned().flatten())
             .collect();
-        let missing: Vec<usize> = (0..part_count).filter(|i| done[*i].is_none()).collect();
+        let missing: Vec<usize> = (0..upload.part_count)
+            .filter(|i| parts[*i].is_none())
+            .collect();
         let uploaded = futures::stream::iter(missing)
-            .map(|part| {
-                let upload_id = &upload_id;
-                async move {
-                    let Some(data) = self.read_part(id, sealed, part as u64).await? else {
-                        return Ok::<_, FsError>(None);
-                    };
-                    let _permit = self.parts.acquire().await;
-                    self.pace(data.len() as u64).await;
-                    let part_id = multipart
-                        .put_part(path, upload_id, part, PutPayload::from(data))
-                        .await
-                        .map_err(FsError::from_store)?;
-                    self.registry
-                        .update(id, false, |r| match r.sealed.as_mut() {
-                            Some(s) if s.upload_id.as_ref() == Some(upload_id) => {
-                                s.parts.resize(part_count, None);
-                                s.parts[part] = Some(part_id.content_id.clone());
-                                true
-                            }
-                            _ => false,
-                        })?;
-                    Ok(Some((part, part_id.content_id)))
-                }
-            })
+            .map(|part| self.send_part(&upload, &upload_id, part))
             .buffer_unordered(self.concurrency)
             .try_collect::<Vec<_>>()
             .await?;
@@ -334,18 +301,104 @@ impl Uploader {
             self.abandon(id, path, &upload_id, multipart).await;
             return Ok(Sent::Changed);
         }
-        let mut parts = done;
         for (part, content_id) in uploaded.into_iter().flatten() {
             parts[part] = Some(content_id);
         }
+        self.complete_multipart(&upload, &upload_id, parts).await
+    }
+
+    /// Creates the multipart upload and records its id with the seal it sends;
+    /// None (and the upload aborted) when the file changed meanwhile.
+    async fn start_multipart(&self, upload: &MultipartUpload<'_>) -> FsResult<Option<String>> {
+        let MultipartUpload {
+            id,
+            path,
+            sealed,
+            multipart,
+            part_count,
+        } = *upload;
+        let options = PutMultipartOptions {
+            attributes: digest_attributes(sealed.digest),
+            ..PutMultipartOptions::default()
+        };
+        let upload_id = multipart
+            .create_multipart_opts(path, options)
+            .await
+            .map_err(FsError::from_store)?;
+        let recorded = self
+            .registry
+            .update(id, true, |r| match r.sealed.as_mut() {
+                Some(s) if s.same_content(sealed.size, sealed.digest) => {
+                    s.upload_id = Some(upload_id.clone());
+                    s.parts = vec![None; part_count];
+                    true
+                }
+                _ => false,
+            })?;
+        let ours = recorded
+            .as_ref()
+            .and_then(|r| r.sealed.as_ref())
+            .is_some_and(|s| {
+                s.same_content(sealed.size, sealed.digest)
+                    && s.upload_id.as_ref() == Some(&upload_id)
+            });
+        if !ours {
+            let _ = multipart.abort_multipart(path, &upload_id).await;
+            return Ok(None);
+        }
+        Ok(Some(upload_id))
+    }
+
+    /// Sends one part and records it as finished; None when the staged file no
+    /// longer holds the sealed bytes.
+    async fn send_part(
+        &self,
+        upload: &MultipartUpload<'_>,
+        upload_id: &String,
+        part: usize,
+    ) -> FsResult<Option<(usize, String)>> {
+        let Some(data) = self
+            .read_part(upload.id, upload.sealed, part as u64)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let _permit = self.parts.acquire().await;
+        self.pace(data.len() as u64).await;
+        let part_id = upload
+            .multipart
+            .put_part(upload.path, upload_id, part, PutPayload::from(data))
+            .await
+            .map_err(FsError::from_store)?;
+        self.registry
+            .update(upload.id, false, |r| match r.sealed.as_mut() {
+                Some(s) if s.upload_id.as_ref() == Some(upload_id) => {
+                    s.parts.resize(upload.part_count, None);
+                    s.parts[part] = Some(part_id.content_id.clone());
+                    true
+                }
+                _ => false,
+            })?;
+        Ok(Some((part, part_id.content_id)))
+    }
+
+    /// Completes the upload from its parts; a store that lost the upload has it
+    /// started over.
+    async fn complete_multipart(
+        &self,
+        upload: &MultipartUpload<'_>,
+        upload_id: &String,
+        parts: Vec<Option<String>>,
+    ) -> FsResult<Sent> {
         let parts: Vec<PartId> = parts
             .into_iter()
             .map(|content_id| PartId {
                 content_id: content_id.unwrap_or_default(),
             })
             .collect();
+        let (path, multipart) = (upload.path, upload.multipart);
         let completing = Instant::now();
-        let completed = multipart.complete_multipart(path, &upload_id, parts).await;
+        let completed = multipart.complete_multipart(path, upload_id, parts).await;
         tracing::debug!(key = %path, completion = ?completing.elapsed(), "multipart upload completed");
         match completed {
             Ok(result) => Ok(Sent::Stored(result.e_tag)),
@@ -353,7 +406,7 @@ impl Uploader {
                 // A store that lost the upload (expired, or aborted by hand)
                 // answers the same way every time: start over.
                 if matches!(e, object_store::Error::NotFound { .. }) {
-                    self.abandon(id, path, &upload_id, multipart).await;
+                    self.abandon(upload.id, path, upload_id, multipart).await;
                 }
                 Err(FsError::from_store(e))
             }
