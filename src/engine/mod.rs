@@ -410,65 +410,6 @@ impl EngineCore {
         })
     }
 
-    /// Opens a file through its staging file, staging it first for a write.
-    /// None for a read when the file stopped being staged meanwhile (its upload
-    /// was adopted and the staging file removed): the caller opens the object.
-    async fn open_staged(
-        &self,
-        node: Node,
-        write: bool,
-        truncate: bool,
-    ) -> FsResult<Option<Opened>> {
-        let mut node = node;
-        let staged = loop {
-            let staged = match node.staged {
-                Some(id) => match self.staged_file(id, node.ino) {
-                    Ok(staged) => staged,
-                    Err(e) => {
-                        let now = self.node(node.ino)?;
-                        if now.staged == Some(id) {
-                            return Err(e);
-                        }
-                        if !write && now.staged.is_none() {
-                            return Ok(None);
-                        }
-                        node = now;
-                        continue;
-                    }
-                },
-                None => {
-                    let staged = match self.stage_from_passthrough_copy(&node) {
-                        Ok(Some(staged)) => staged,
-                        Ok(None) => {
-                            self.stage_new(node.ino, &node.path, (!truncate).then_some(&node))
-                                .await?
-                        }
-                        Err(e) => {
-                            // Another writer took the copy over just now: join it.
-                            let now = self.node(node.ino)?;
-                            if now.staged.is_none() {
-                                return Err(e);
-                            }
-                            node = now;
-                            continue;
-                        }
-                    };
-                    self.ns.update(node.ino, |n| n.staged = Some(staged.id));
-                    staged
-                }
-            };
-            if !write || self.add_writer(&staged) {
-                break staged;
-            }
-            // Uploaded and adopted just now: stage it again from the store.
-            node = self.node(node.ino)?;
-        };
-        if truncate && staged.size() > 0 {
-            self.truncate_staged(&staged, 0)?;
-        }
-        self.add_staged_handle(node.ino, staged, write).map(Some)
-    }
-
     /// fsync on a handle: seals a staged file; nothing to do for a read-only one.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> FsResult<()> {
         let open = self.handle(fh)?;

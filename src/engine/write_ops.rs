@@ -10,9 +10,11 @@ use crate::error::{FsError, FsResult};
 use crate::io::blocking::run_blocking;
 use crate::io::chunk_file;
 use crate::model::options::Durability;
+use crate::namespace::Node;
 use crate::write::path::StagedFile;
 use crate::write::registry::{SealedUpload, StagedRecord};
 use crate::write::staging::seal_digests;
+use tierfs_fuse::Opened;
 
 /// How many more bytes may be staged.
 pub(crate) fn room_left(core: &EngineCore) -> u64 {
@@ -21,7 +23,93 @@ pub(crate) fn room_left(core: &EngineCore) -> u64 {
         .saturating_sub(core.writes().dirty_bytes())
 }
 
+/// One try at the staged file behind a node.
+enum StagingTry {
+    Got(Arc<StagedFile>),
+    /// The node changed meanwhile: try again with it as it is now.
+    Retry(Node),
+    /// Opened for reading, and no longer staged: its upload was adopted.
+    Unstaged,
+}
+
 impl EngineCore {
+    /// Opens a file through its staging file, staging it first for a write.
+    /// None for a read when the file stopped being staged meanwhile (its upload
+    /// was adopted and the staging file removed): the caller opens the object.
+    pub(super) async fn open_staged(
+        &self,
+        node: Node,
+        write: bool,
+        truncate: bool,
+    ) -> FsResult<Option<Opened>> {
+        let mut node = node;
+        let staged = loop {
+            match self.try_staged(&node, write, truncate).await? {
+                StagingTry::Unstaged => return Ok(None),
+                StagingTry::Retry(now) => node = now,
+                StagingTry::Got(staged) => {
+                    if !write || self.add_writer(&staged) {
+                        break staged;
+                    }
+                    // Uploaded and adopted just now: stage it again from the store.
+                    node = self.node(node.ino)?;
+                }
+            }
+        };
+        if truncate && staged.size() > 0 {
+            self.truncate_staged(&staged, 0)?;
+        }
+        self.add_staged_handle(node.ino, staged, write).map(Some)
+    }
+
+    /// The staged file behind `node`: the one it has, or a new one.
+    async fn try_staged(&self, node: &Node, write: bool, truncate: bool) -> FsResult<StagingTry> {
+        match node.staged {
+            Some(id) => self.join_staged(node, id, write),
+            None => self.stage_node(node, truncate).await,
+        }
+    }
+
+    /// Staged file `id`, which `node` showed; when it is gone, what the node
+    /// shows now.
+    fn join_staged(&self, node: &Node, id: u64, write: bool) -> FsResult<StagingTry> {
+        match self.staged_file(id, node.ino) {
+            Ok(staged) => Ok(StagingTry::Got(staged)),
+            Err(e) => {
+                let now = self.node(node.ino)?;
+                if now.staged == Some(id) {
+                    return Err(e);
+                }
+                if !write && now.staged.is_none() {
+                    return Ok(StagingTry::Unstaged);
+                }
+                Ok(StagingTry::Retry(now))
+            }
+        }
+    }
+
+    /// Stages a node that has no staged file: from its NVMe copy that readers
+    /// pass through, else from the store (or empty, when it is truncated).
+    async fn stage_node(&self, node: &Node, truncate: bool) -> FsResult<StagingTry> {
+        let staged = match self.stage_from_passthrough_copy(node) {
+            Ok(Some(staged)) => staged,
+            Ok(None) => {
+                self.stage_new(node.ino, &node.path, (!truncate).then_some(node))
+                    .await?
+            }
+            Err(e) => {
+                // Another writer took the copy over just now: join it.
+                let now = self.node(node.ino)?;
+                if now.staged.is_none() {
+                    return Err(e);
+                }
+                return Ok(StagingTry::Retry(now));
+            }
+        };
+        self.ns().update(node.ino, |n| n.staged = Some(staged.id));
+        Ok(StagingTry::Got(staged))
+    }
+
     pub(crate) fn writable(&self) -> FsResult<()> {
         if self.options().read_only {
             Err(FsError::ReadOnly)

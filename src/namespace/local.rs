@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use tierfs_fuse::{DirEntry, FileKind};
 
-use super::{Namespace, Node, ROOT_INO, Tables, join, unusable_name};
+use super::{Found, Namespace, Node, ROOT_INO, Tables, join, unusable_name};
 use crate::error::{FsError, FsResult};
 
 /// Checks a name given by a creating call (create, mkdir, rename target).
@@ -25,6 +25,18 @@ pub fn valid_name(name: &str) -> FsResult<()> {
 }
 
 impl Tables {
+    /// Children made through the mount in `dir`, over what the store listed.
+    pub(super) fn add_local_children(&self, dir: u64, found: &mut Found) {
+        let Some(local) = self.local.get(&dir) else {
+            return;
+        };
+        for (name, ino) in local {
+            if let Some(kind) = self.nodes.get(ino).map(|n| n.kind) {
+                found.add(name, *ino, kind);
+            }
+        }
+    }
+
     pub(super) fn local_child(&self, dir: u64, name: &str) -> Option<Node> {
         let ino = self.local.get(&dir)?.get(name)?;
         self.nodes.get(ino).cloned()

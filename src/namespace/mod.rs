@@ -39,6 +39,39 @@ pub struct Node {
     pub staged: Option<u64>,
 }
 
+/// The entries of a directory as a listing finds them.
+struct Found {
+    entries: Vec<DirEntry>,
+    children: HashMap<String, u64>,
+}
+
+impl Found {
+    /// A directory's listing starts with `.` and `..`.
+    fn new(dir: u64, parent: u64) -> Found {
+        let dots = [(".", dir), ("..", parent)].map(|(name, ino)| DirEntry {
+            ino,
+            name: name.into(),
+            kind: FileKind::Directory,
+        });
+        Found {
+            entries: dots.to_vec(),
+            children: HashMap::new(),
+        }
+    }
+
+    /// Adds a child; one already found by that name is replaced.
+    fn add(&mut self, name: &str, ino: u64, kind: FileKind) {
+        if let Some(old) = self.children.insert(name.to_string(), ino) {
+            self.entries.retain(|e| e.ino != old || e.name != name);
+        }
+        self.entries.push(DirEntry {
+            ino,
+            name: name.to_string(),
+            kind,
+        });
+    }
+}
+
 struct Listing {
     entries: Arc<[DirEntry]>,
     children: HashMap<String, u64>,
@@ -184,19 +217,7 @@ impl Namespace {
         let Some(dir_node) = tables.nodes.get(&dir).cloned() else {
             return Arc::from(Vec::new());
         };
-        let mut entries = vec![
-            DirEntry {
-                ino: dir,
-                name: ".".into(),
-                kind: FileKind::Directory,
-            },
-            DirEntry {
-                ino: dir_node.parent,
-                name: "..".into(),
-                kind: FileKind::Directory,
-            },
-        ];
-        let mut children = HashMap::new();
+        let mut found = Found::new(dir, dir_node.parent);
         for prefix in &listing.common_prefixes {
             let Some(name) = prefix.filename() else {
                 continue;
@@ -206,12 +227,7 @@ impl Namespace {
             }
             let path = join(&dir_node.path, name);
             let ino = tables.upsert(dir, path, FileKind::Directory, 0, self.mounted_at, None);
-            children.insert(name.to_string(), ino);
-            entries.push(DirEntry {
-                ino,
-                name: name.to_string(),
-                kind: FileKind::Directory,
-            });
+            found.add(name, ino, FileKind::Directory);
         }
         for meta in &listing.objects {
             let Some(name) = meta.location.filename() else {
@@ -220,7 +236,7 @@ impl Namespace {
             if tables.skip_unusable(meta.location.as_ref(), name) {
                 continue;
             }
-            if children.contains_key(name) {
+            if found.children.contains_key(name) {
                 tables.warn_once(
                     meta.location.as_ref(),
                     "it is both an object and a prefix; the directory is shown, the object is hidden",
@@ -228,33 +244,15 @@ impl Namespace {
                 continue;
             }
             let ino = tables.upsert_object(dir, &dir_node.path, name, meta);
-            children.insert(name.to_string(), ino);
-            entries.push(DirEntry {
-                ino,
-                name: name.to_string(),
-                kind: FileKind::File,
-            });
+            found.add(name, ino, FileKind::File);
         }
-        let local: Vec<(String, u64)> = tables
-            .local
-            .get(&dir)
-            .map(|m| m.iter().map(|(n, i)| (n.clone(), *i)).collect())
-            .unwrap_or_default();
-        for (name, ino) in local {
-            let Some(kind) = tables.nodes.get(&ino).map(|n| n.kind) else {
-                continue;
-            };
-            if let Some(old) = children.insert(name.clone(), ino) {
-                entries.retain(|e| e.ino != old || e.name != name);
-            }
-            entries.push(DirEntry { ino, name, kind });
-        }
-        let entries: Arc<[DirEntry]> = Arc::from(entries);
+        tables.add_local_children(dir, &mut found);
+        let entries: Arc<[DirEntry]> = Arc::from(found.entries);
         tables.listings.insert(
             dir,
             Listing {
                 entries: entries.clone(),
-                children,
+                children: found.children,
                 listed_at: Instant::now(),
             },
         );

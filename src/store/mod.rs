@@ -161,53 +161,14 @@ impl StoreLocation {
         retries: u32,
         timeout: Duration,
     ) -> Result<StoreClient, StoreError> {
-        let retry = RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(50),
-                max_backoff: timeout.min(Duration::from_secs(5)),
-                base: 2.0,
-            },
-            max_retries: retries as usize,
-            retry_timeout: timeout,
-        };
-        let client = ClientOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(timeout.min(Duration::from_secs(5)))
-            .with_allow_http(
-                options
-                    .endpoint
-                    .as_deref()
-                    .is_some_and(|e| e.starts_with("http://")),
-            );
+        let (retry, client) = http_settings(options, retries, timeout);
         let failed = |e: object_store::Error| StoreError(error_chain(&e));
         match self {
             StoreLocation::Local(dir) => StoreClient::local(dir),
             StoreLocation::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
+                let builder = s3_builder(bucket, options)
                     .with_retry(retry)
-                    .with_client_options(client)
-                    .with_virtual_hosted_style_request(false);
-                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-                    && let Some(profile) = crate::store::aws_profile::load_profile_credentials()
-                {
-                    builder = builder
-                        .with_access_key_id(profile.access_key_id)
-                        .with_secret_access_key(profile.secret_access_key);
-                    if let Some(token) = profile.session_token {
-                        builder = builder.with_token(token);
-                    }
-                }
-                let region = options
-                    .region
-                    .clone()
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-                    .unwrap_or_else(|| "us-east-1".to_string());
-                builder = builder.with_region(region);
-                if let Some(endpoint) = &options.endpoint {
-                    builder = builder.with_endpoint(endpoint);
-                }
+                    .with_client_options(client);
                 Ok(StoreClient::remote(
                     builder.build().map_err(failed)?,
                     prefix,
@@ -332,6 +293,63 @@ fn validate_prefix(prefix: &str, text: &str) -> Result<(), StoreError> {
     Path::parse(prefix)
         .map(|_| ())
         .map_err(|e| StoreError(format!("bad prefix '{prefix}' in '{text}': {e}")))
+}
+
+/// Retries with backoff within `timeout`, and the HTTP client's timeouts; plain
+/// HTTP only for an `http://` endpoint.
+fn http_settings(
+    options: &MountOptions,
+    retries: u32,
+    timeout: Duration,
+) -> (RetryConfig, ClientOptions) {
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: timeout.min(Duration::from_secs(5)),
+            base: 2.0,
+        },
+        max_retries: retries as usize,
+        retry_timeout: timeout,
+    };
+    let client = ClientOptions::new()
+        .with_timeout(timeout)
+        .with_connect_timeout(timeout.min(Duration::from_secs(5)))
+        .with_allow_http(
+            options
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://")),
+        );
+    (retry, client)
+}
+
+/// An S3 client for `bucket`: credentials from the environment, else from the
+/// shared credentials file's profile; the region and endpoint the options give.
+fn s3_builder(bucket: &str, options: &MountOptions) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false);
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+        && let Some(profile) = crate::store::aws_profile::load_profile_credentials()
+    {
+        builder = builder
+            .with_access_key_id(profile.access_key_id)
+            .with_secret_access_key(profile.secret_access_key);
+        if let Some(token) = profile.session_token {
+            builder = builder.with_token(token);
+        }
+    }
+    let region = options
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    builder = builder.with_region(region);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder
 }
 
 #[cfg(test)]
