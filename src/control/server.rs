@@ -103,12 +103,24 @@ async fn metrics(State(core): State<Core>) -> impl IntoResponse {
     )
 }
 
-fn submit(
+type JobAnswer = Result<Json<serde_json::Value>, ApiError>;
+
+/// A handler that queues an explicit job doing `action` in the request's tier
+/// to the request's paths; it answers `{"job": N}`.
+fn mover_job(
+    action: fn(Tier) -> JobAction,
+    reason: &'static str,
+) -> impl Fn(State<Core>, Json<MoveRequest>) -> std::future::Ready<JobAnswer> + Clone {
+    move |State(core), Json(request)| std::future::ready(queue_job(&core, &request, action, reason))
+}
+
+fn queue_job(
     core: &Core,
     request: &MoveRequest,
-    action: JobAction,
+    action: fn(Tier) -> JobAction,
     reason: &str,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> JobAnswer {
+    let action = action(request.tier()?);
     let paths = request.keys()?;
     let deadline = request.deadline_secs.map(|s| now_secs() + s);
     let id = core
@@ -116,22 +128,6 @@ fn submit(
         .jobs
         .submit(Priority::Explicit, action, paths, deadline, reason);
     Ok(Json(json!({ "job": id })))
-}
-
-async fn placement(
-    State(core): State<Core>,
-    Json(request): Json<MoveRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let tier = request.tier()?;
-    submit(&core, &request, JobAction::Fetch(tier), "placement")
-}
-
-async fn demote(
-    State(core): State<Core>,
-    Json(request): Json<MoveRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let tier = request.tier()?;
-    submit(&core, &request, JobAction::Drop(tier), "demotion")
 }
 
 async fn job(
@@ -153,9 +149,9 @@ pub fn router(core: Core) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/placement", post(placement))
-        .route("/promote", post(placement))
-        .route("/demote", post(demote))
+        .route("/placement", post(mover_job(JobAction::Fetch, "placement")))
+        .route("/promote", post(mover_job(JobAction::Fetch, "placement")))
+        .route("/demote", post(mover_job(JobAction::Drop, "demotion")))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
         .with_state(core)

@@ -25,6 +25,14 @@ pub fn parse_tier(what: &str, value: &[u8]) -> FsResult<Tier> {
     }
 }
 
+/// GPU memory is not a tier of this build: every entry point that takes a tier
+/// from users refuses `vram` first (see [`parse_tier`]).
+pub fn no_gpu_tier() -> FsError {
+    FsError::InvalidArgument(
+        "the vram tier needs the GPU helper, which this build does not have yet".into(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,11 @@ pub fn valid_name(name: &str) -> FsResult<()> {
 }
 
 impl Tables {
+    /// The node of `ino`, which must be known.
+    fn known(&self, ino: u64) -> FsResult<Node> {
+        self.nodes.get(&ino).cloned().ok_or(FsError::NotFound)
+    }
+
     /// Children made through the mount in `dir`, over what the store listed.
     pub(super) fn add_local_children(&self, dir: u64, found: &mut Found) {
         let Some(local) = self.local.get(&dir) else {
@@ -101,11 +106,7 @@ impl Namespace {
         size: u64,
     ) -> FsResult<Node> {
         let mut tables = self.tables.lock();
-        let dir = tables
-            .nodes
-            .get(&parent)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let dir = tables.known(parent)?;
         let path = join(&dir.path, name);
         let key = (path.clone(), kind);
         let ino = match tables.by_path.get(&key) {
@@ -209,12 +210,8 @@ impl Namespace {
         new_name: &str,
     ) -> FsResult<Vec<(String, String)>> {
         let mut tables = self.tables.lock();
-        let node = tables.nodes.get(&ino).cloned().ok_or(FsError::NotFound)?;
-        let target_dir = tables
-            .nodes
-            .get(&new_parent)
-            .cloned()
-            .ok_or(FsError::NotFound)?;
+        let node = tables.known(ino)?;
+        let target_dir = tables.known(new_parent)?;
         let new_path = join(&target_dir.path, new_name);
         let (_, old_name) = split(&node.path);
         tables.unlink_child(node.parent, old_name);

@@ -9,11 +9,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::error::{FsError, FsResult};
-use crate::model::tier::Tier;
+use crate::model::tier::{Tier, no_gpu_tier};
 use crate::model::units::format_size;
 use crate::model::version::{ChunkKey, FileId, FileVersion};
 use crate::tiers::ram::HoldKind;
 use crate::tiers::reader::TieredReader;
+
+/// A chunk on its way into a tier.
+pub type ChunkLoad<'a> = BoxFuture<'a, FsResult<Bytes>>;
 
 pub trait TierAccess: Send + Sync {
     /// Whether chunk `key` is in `tier`.
@@ -45,21 +48,13 @@ pub trait TierAccess: Send + Sync {
         tier: Tier,
         version: &'a Arc<FileVersion>,
         index: u64,
-    ) -> BoxFuture<'a, FsResult<Bytes>>;
+    ) -> ChunkLoad<'a>;
 
     /// The digest recorded for chunk `key` when it was fetched, if any.
     fn recorded_digest(&self, key: &ChunkKey) -> FsResult<Option<u128>>;
 
     /// Chunks that readers are waiting for now.
     fn demand_waiting(&self) -> u64;
-}
-
-/// GPU memory is not a tier of this build: every entry point that takes a tier
-/// from users refuses `vram` first (see [`crate::model::tier::parse_tier`]).
-pub fn no_gpu_tier() -> FsError {
-    FsError::InvalidArgument(
-        "the vram tier needs the GPU helper, which this build does not have yet".into(),
-    )
 }
 
 impl TierAccess for Arc<TieredReader> {
@@ -139,14 +134,8 @@ impl TierAccess for Arc<TieredReader> {
         tier: Tier,
         version: &'a Arc<FileVersion>,
         index: u64,
-    ) -> BoxFuture<'a, FsResult<Bytes>> {
-        Box::pin(async move {
-            match tier {
-                Tier::Ram => self.chunk_for_mover(version, index).await,
-                Tier::Nvme => self.chunk_to_nvme(version, index).await,
-                Tier::Vram => Err(no_gpu_tier()),
-            }
-        })
+    ) -> ChunkLoad<'a> {
+        Box::pin(self.chunk_into(tier, version, index))
     }
 
     fn recorded_digest(&self, key: &ChunkKey) -> FsResult<Option<u128>> {

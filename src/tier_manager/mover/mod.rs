@@ -17,9 +17,10 @@ use crate::model::chunk::ChunkLayout;
 use crate::model::clock::now_secs;
 use crate::model::digest::digest;
 use crate::model::tier::Tier;
+use crate::model::tier::no_gpu_tier;
 use crate::model::version::{ChunkKey, FileVersion};
 use crate::tier_manager::job_queue::{Job, JobAction, JobQueue};
-use crate::tiers::access::{TierAccess, no_gpu_tier};
+use crate::tiers::access::TierAccess;
 use crate::tiers::ram::HoldKind;
 
 /// The longest a background job waits for demand reads before it takes one step.

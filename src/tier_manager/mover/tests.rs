@@ -4,13 +4,13 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use object_store::path::Path;
 use parking_lot::Mutex;
 
 use super::*;
 use crate::model::version::FileId;
 use crate::tier_manager::job_queue::JobState;
+use crate::tiers::access::ChunkLoad;
 
 const CHUNK: u64 = 4;
 
@@ -77,7 +77,7 @@ impl TierAccess for TableTiers {
         tier: Tier,
         version: &'a Arc<FileVersion>,
         index: u64,
-    ) -> BoxFuture<'a, FsResult<Bytes>> {
+    ) -> ChunkLoad<'a> {
         Box::pin(async move {
             let key = ChunkKey {
                 file: version.id,
@@ -124,13 +124,15 @@ fn whole_digest() -> u128 {
     digest(b"abcdefghij")
 }
 
-/// Queues one job and runs it to its end (or its preemption).
-async fn run(
-    tiers: TableTiers,
-    class: Priority,
-    action: JobAction,
-    file: JobFile,
-) -> (Arc<JobQueue>, Arc<TableTiers>, Job) {
+/// Queues one explicit job and runs it to its end.
+async fn run(tiers: TableTiers, action: JobAction, file: JobFile) -> Ran {
+    run_as(tiers, Priority::Explicit, action, file).await
+}
+
+type Ran = (Arc<JobQueue>, Arc<TableTiers>, Job);
+
+/// Queues one job of `class` and runs it to its end (or its preemption).
+async fn run_as(tiers: TableTiers, class: Priority, action: JobAction, file: JobFile) -> Ran {
     let jobs = Arc::new(JobQueue::new(0, 0));
     let tiers = Arc::new(tiers);
     let mover = Mover::new(jobs.clone(), tiers.clone(), CHUNK);
@@ -147,6 +149,28 @@ async fn run(
     (jobs, tiers, job)
 }
 
+/// Asserts that `job` failed, for a reason that says `words`.
+fn assert_failed(job: &Job, words: &str) {
+    match &job.state {
+        JobState::Failed(why) => assert!(why.contains(words), "{why}"),
+        other => panic!("the job should fail ({words}): {other:?}"),
+    }
+}
+
+/// Puts chunk `index` of `version` in `tier`.
+fn put(tiers: &TableTiers, tier: Tier, version: &FileVersion, index: u64) {
+    let key = ChunkKey {
+        file: version.id,
+        index,
+    };
+    tiers.present.lock().insert((tier, key));
+}
+
+/// A file no pin keeps and whose whole digest is unknown.
+fn plain(version: &Arc<FileVersion>) -> JobFile {
+    job_file(version, None, None)
+}
+
 fn job_file(version: &Arc<FileVersion>, whole: Option<u128>, pinned_to: Option<Tier>) -> JobFile {
     JobFile {
         version: version.clone(),
@@ -160,7 +184,6 @@ async fn a_fetch_copies_every_chunk_checked_and_counts_its_bytes() {
     let (version, tiers) = file();
     let (jobs, tiers, job) = run(
         tiers,
-        Priority::Explicit,
         JobAction::Fetch(Tier::Nvme),
         job_file(&version, Some(whole_digest()), None),
     )
@@ -182,7 +205,6 @@ async fn a_hold_in_ram_is_a_pin_for_a_pinned_file_and_hot_otherwise() {
         let (version, tiers) = file();
         let (_, tiers, job) = run(
             tiers,
-            Priority::Explicit,
             JobAction::Hold(Tier::Ram),
             job_file(&version, None, pinned_to),
         )
@@ -196,17 +218,8 @@ async fn a_hold_in_ram_is_a_pin_for_a_pinned_file_and_hot_otherwise() {
 async fn a_chunk_unlike_its_recorded_digest_fails_the_job_and_drops_the_copies() {
     let (version, mut tiers) = file();
     tiers.store.insert(1, Bytes::from_static(b"EFGH"));
-    let (jobs, tiers, job) = run(
-        tiers,
-        Priority::Explicit,
-        JobAction::Fetch(Tier::Ram),
-        job_file(&version, None, None),
-    )
-    .await;
-    let JobState::Failed(why) = &job.state else {
-        panic!("the job should fail: {:?}", job.state);
-    };
-    assert!(why.contains("chunk 1 does not match"), "{why}");
+    let (jobs, tiers, job) = run(tiers, JobAction::Fetch(Tier::Ram), plain(&version)).await;
+    assert_failed(&job, "chunk 1 does not match");
     assert_eq!(*tiers.dropped.lock(), vec![version.id]);
     assert_eq!(tiers.bytes_in(Tier::Ram, &version), 0);
     assert_eq!(jobs.stats.verify_failures.load(Ordering::Relaxed), 1);
@@ -217,16 +230,11 @@ async fn a_whole_file_unlike_the_stores_digest_fails_the_job() {
     let (version, tiers) = file();
     let (jobs, tiers, job) = run(
         tiers,
-        Priority::Explicit,
         JobAction::Fetch(Tier::Ram),
         job_file(&version, Some(whole_digest() ^ 1), None),
     )
     .await;
-    assert!(
-        matches!(&job.state, JobState::Failed(why) if why.contains("whole file's digest")),
-        "{:?}",
-        job.state
-    );
+    assert_failed(&job, "whole file's digest");
     assert_eq!(*tiers.dropped.lock(), vec![version.id]);
     assert_eq!(jobs.stats.verify_failures.load(Ordering::Relaxed), 1);
 }
@@ -234,43 +242,26 @@ async fn a_whole_file_unlike_the_stores_digest_fails_the_job() {
 #[tokio::test]
 async fn a_ram_copy_that_a_pin_keeps_is_not_dropped() {
     let (version, tiers) = file();
-    tiers.present.lock().insert((
-        Tier::Ram,
-        ChunkKey {
-            file: version.id,
-            index: 0,
-        },
-    ));
+    put(&tiers, Tier::Ram, &version, 0);
     let (_, tiers, job) = run(
         tiers,
-        Priority::Explicit,
         JobAction::Drop(Tier::Ram),
         job_file(&version, None, Some(Tier::Ram)),
     )
     .await;
-    assert!(
-        matches!(&job.state, JobState::Failed(why) if why.contains("pinned to ram")),
-        "{:?}",
-        job.state
-    );
+    assert_failed(&job, "pinned to ram");
     assert_eq!(tiers.bytes_in(Tier::Ram, &version), 4, "the copy stays");
 }
 
 #[tokio::test]
 async fn a_drop_frees_the_tiers_copy_and_a_release_ends_only_a_hot_hold() {
     let (version, tiers) = file();
-    tiers.present.lock().insert((
-        Tier::Nvme,
-        ChunkKey {
-            file: version.id,
-            index: 2,
-        },
-    ));
-    let (jobs, tiers, job) = run(
+    put(&tiers, Tier::Nvme, &version, 2);
+    let (jobs, tiers, job) = run_as(
         tiers,
         Priority::Demotion,
         JobAction::Drop(Tier::Nvme),
-        job_file(&version, None, None),
+        plain(&version),
     )
     .await;
     assert_eq!(job.state, JobState::Done);
@@ -282,7 +273,7 @@ async fn a_drop_frees_the_tiers_copy_and_a_release_ends_only_a_hot_hold() {
         .holds
         .lock()
         .extend([(Tier::Ram, version.id, HoldKind::Pin)]);
-    let (jobs, tiers, job) = run(
+    let (jobs, tiers, job) = run_as(
         tiers,
         Priority::Demotion,
         JobAction::Release(Tier::Ram),
@@ -320,7 +311,7 @@ async fn a_more_urgent_job_sends_a_running_one_back_to_the_queue() {
         None,
         "pin",
     );
-    mover.run(&job, &[job_file(&version, None, None)]).await;
+    mover.run(&job, &[plain(&version)]).await;
     let after = jobs.job(job.id).unwrap();
     assert_eq!(after.state, JobState::Queued);
     assert_eq!(
@@ -333,17 +324,7 @@ async fn a_more_urgent_job_sends_a_running_one_back_to_the_queue() {
 #[tokio::test]
 async fn the_gpu_tier_is_refused_without_touching_the_others() {
     let (version, tiers) = file();
-    let (_, tiers, job) = run(
-        tiers,
-        Priority::Explicit,
-        JobAction::Drop(Tier::Vram),
-        job_file(&version, None, None),
-    )
-    .await;
-    assert!(
-        matches!(&job.state, JobState::Failed(why) if why.contains("GPU helper")),
-        "{:?}",
-        job.state
-    );
+    let (_, tiers, job) = run(tiers, JobAction::Drop(Tier::Vram), plain(&version)).await;
+    assert_failed(&job, "GPU helper");
     assert!(tiers.present.lock().is_empty());
 }

@@ -2,6 +2,8 @@
 //! ranged GET from the object store. Concurrent misses of one chunk share one fetch;
 //! a fetched chunk is kept in RAM and written to NVMe in the background.
 
+use crate::model::tier::Tier;
+use crate::model::tier::no_gpu_tier;
 use crate::model::version::ChunkKey;
 use crate::model::version::FileId;
 use crate::model::version::FileVersion;
@@ -285,24 +287,15 @@ impl TieredReader {
         result
     }
 
-    /// One whole chunk for the tier manager: like [`TieredReader::chunk`], but not
-    /// counted as a demand read, and kept in the held set when its file is held.
-    pub async fn chunk_for_mover(
+    /// One whole chunk for the tier manager, not counted as a demand read: kept
+    /// in RAM (in the held set when its file is held) for `Ram`, made sure to be
+    /// on NVMe before it returns for `Nvme`.
+    pub async fn chunk_into(
         self: &Arc<Self>,
+        tier: Tier,
         file: &Arc<FileVersion>,
         index: u64,
     ) -> FsResult<Bytes> {
-        let (key, bytes) = self.chunk_off_demand(file, index).await?;
-        self.ram.insert(key, bytes.clone());
-        Ok(bytes)
-    }
-
-    /// A chunk from RAM or loaded, not counted as a demand read.
-    async fn chunk_off_demand(
-        self: &Arc<Self>,
-        file: &Arc<FileVersion>,
-        index: u64,
-    ) -> FsResult<(ChunkKey, Bytes)> {
         let key = ChunkKey {
             file: file.id,
             index,
@@ -311,26 +304,23 @@ impl TieredReader {
             Some(bytes) => bytes,
             None => self.start_load(file, key, None).await?,
         };
-        Ok((key, bytes))
-    }
-
-    /// One whole chunk, made sure to be on NVMe before it returns.
-    pub async fn chunk_to_nvme(
-        self: &Arc<Self>,
-        file: &Arc<FileVersion>,
-        index: u64,
-    ) -> FsResult<Bytes> {
-        let (key, bytes) = self.chunk_off_demand(file, index).await?;
-        if !self.nvme.has(&key) {
-            let nvme = self.nvme.clone();
-            let copy = bytes.clone();
-            let written = run_blocking(move || nvme.write(&key, &copy, digest(&copy))).await?;
-            if !written {
-                return Err(FsError::NoSpace(format!(
-                    "no room on NVMe for chunk {index} of /{}",
-                    file.path
-                )));
+        match tier {
+            Tier::Ram => self.ram.insert(key, bytes.clone()),
+            Tier::Nvme => {
+                if !self.nvme.has(&key) {
+                    let nvme = self.nvme.clone();
+                    let copy = bytes.clone();
+                    let written =
+                        run_blocking(move || nvme.write(&key, &copy, digest(&copy))).await?;
+                    if !written {
+                        return Err(FsError::NoSpace(format!(
+                            "no room on NVMe for chunk {index} of /{}",
+                            file.path
+                        )));
+                    }
+                }
             }
+            Tier::Vram => return Err(no_gpu_tier()),
         }
         Ok(bytes)
     }
