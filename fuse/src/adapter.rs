@@ -6,7 +6,6 @@ use std::io;
 use std::time::SystemTime;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use fuser::{
     AccessFlags, BsdFileFlags, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -31,15 +30,14 @@ pub(crate) struct FuseAdapter<E> {
 }
 
 impl<E: FsEngine + Clone> FuseAdapter<E> {
-    /// Tells the engine that a handle will be read through it after all.
+    /// Tells the engine that the kernel refused the backing file of a handle,
+    /// which is read through the engine after all, and that no backing file
+    /// can be had on this mount.
     fn engine_refusal(&self) -> impl FnOnce(u64) + Send + 'static {
         let engine = self.engine.clone();
-        let passthrough = self.passthrough.clone();
         move |fh| {
             engine.passthrough_refused(fh);
-            if !passthrough.enabled.load(Ordering::Relaxed) {
-                engine.passthrough_unavailable();
-            }
+            engine.passthrough_unavailable();
         }
     }
 }
@@ -68,9 +66,6 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         // files that may themselves sit on a stacked file system (overlayfs).
         let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
-        self.passthrough
-            .enabled
-            .store(passthrough, Ordering::Relaxed);
         tracing::info!(passthrough, "FUSE session initialised");
         if !passthrough {
             self.engine.passthrough_unavailable();
@@ -179,13 +174,13 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                 if let Some(backing) = opened.backing {
                     match passthrough.backing_for(ino.0, fh.0, &backing, |f| reply.open_backing(f))
                     {
-                        Some(id) => {
+                        Ok(id) => {
                             // The kernel caches through the backing file itself.
                             reply.opened_passthrough(fh, FopenFlags::empty(), &id);
                             tracing::debug!("opened with passthrough");
                             return;
                         }
-                        None => engine_refusal(fh.0),
+                        Err(_) => engine_refusal(fh.0),
                     }
                 }
                 reply.opened(fh, fopen)
@@ -474,7 +469,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                         match passthrough
                             .backing_for(e.attr.ino, fh.0, &backing, |f| reply.open_backing(f))
                         {
-                            Some(id) => {
+                            Ok(id) => {
                                 let attr = file_attr(&e.attr);
                                 reply.created_passthrough(
                                     &e.ttl,
@@ -487,7 +482,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                                 tracing::debug!("created with passthrough");
                                 return;
                             }
-                            None => engine_refusal(fh.0),
+                            Err(_) => engine_refusal(fh.0),
                         }
                     }
                     reply.created(

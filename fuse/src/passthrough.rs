@@ -1,9 +1,10 @@
-//! The kernel's backing files for passthrough handles, shared per inode, and the
-//! notices that drop an inode's page cache.
+//! The kernel's backing ids for the backing files the engine offers, and the
+//! notices that drop an inode's page cache. The engine alone decides which
+//! handle passes through which file (one per inode); this module only caches
+//! the id the kernel gave for each file while handles use it.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use fuser::{BackingId, INodeNo, Notifier};
@@ -25,7 +26,6 @@ struct PageCacheDrop {
 /// Backing ids the kernel gave for passthrough opens, kept until release.
 #[derive(Default)]
 pub(crate) struct Passthrough {
-    pub(crate) enabled: AtomicBool,
     table: Mutex<BackingTable>,
     /// Inodes whose page cache to drop, for the thread that tells the kernel;
     /// set once the session exists.
@@ -83,11 +83,7 @@ impl Passthrough {
     }
 
     fn send_drop(&self, ino: INodeNo, offset: u64, len: u64, then: Option<AfterDrop>) {
-        let drops = self
-            .page_cache_drops
-            .get()
-            .filter(|_| self.enabled.load(Ordering::Relaxed));
-        let unsent = match drops {
+        let unsent = match self.page_cache_drops.get() {
             Some(drops) => drops
                 .send(PageCacheDrop {
                     ino,
@@ -104,43 +100,24 @@ impl Passthrough {
         }
     }
 
-    /// The backing id for a handle the engine offered passthrough: shared with
-    /// the inode's other passthrough handles of the same file, registered with
-    /// the kernel otherwise. None when it cannot be had (another file is passed
-    /// through, or the kernel refuses backing files, which turns passthrough off);
-    /// the handle then goes through tierfs.
+    /// The backing id for a handle the engine offered passthrough: the one the
+    /// file's other passthrough handles on the inode share, registered with the
+    /// kernel otherwise. An error when the kernel refuses backing files (an
+    /// unprivileged mount); the handle then goes through tierfs, and so should
+    /// every later one.
     pub(crate) fn backing_for(
         &self,
         ino: u64,
         fh: u64,
         backing: &Backing,
         register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return None;
-        }
+    ) -> io::Result<Arc<BackingId>> {
         let mut table = self.table.lock().unwrap();
-        match table.add(ino, fh, backing.identity, || register(&backing.file)) {
-            Ok(Some(id)) => Some(id),
-            Ok(None) => {
-                // The engine offers the file the inode's handles use, and the
-                // table forgets a handle before the engine does: this happens
-                // only if the two disagree. The kernel would refuse a second
-                // backing file.
-                tracing::warn!(
-                    ino,
-                    "another backing file is passed through; going through tierfs"
-                );
-                None
-            }
-            Err(e) => {
-                // Unprivileged mounts cannot register backing files: stop
-                // offering them, read and write through tierfs.
-                tracing::info!("FUSE passthrough unavailable ({e}); going through tierfs");
-                self.enabled.store(false, Ordering::Relaxed);
-                None
-            }
-        }
+        table
+            .add(ino, fh, backing.identity, || register(&backing.file))
+            .inspect_err(|e| {
+                tracing::info!("FUSE passthrough unavailable ({e}); going through tierfs")
+            })
     }
 
     /// A handle is released: its inode's backing id is closed with its last
@@ -150,20 +127,20 @@ impl Passthrough {
     }
 }
 
-/// The kernel allows one backing file per inode at a time, so every passthrough
-/// open of an inode shares one backing id. An inode's entry lives exactly as
-/// long as its passthrough handles, counted here: a reference to the id that
-/// outlives its handle (a reply still being sent) must not make the inode look
-/// in use to the next open, which the engine may have offered another file.
+/// The ids of the backing files in use, by inode and file. An entry lives
+/// exactly as long as its passthrough handles, counted here: a reference to the
+/// id that outlives its handle (a reply still being sent) must not keep the id
+/// for the next open, which the engine may have offered another file. Which
+/// file an inode passes through is the engine's to decide; an id is only ever
+/// reused for the same file.
 pub(crate) struct BackingTable<Id = BackingId> {
-    /// The inode of each passthrough handle.
-    by_handle: HashMap<u64, u64>,
-    by_inode: HashMap<u64, InodeBacking<Id>>,
+    /// The entry of each passthrough handle.
+    by_handle: HashMap<u64, (u64, FileIdentity)>,
+    by_file: HashMap<(u64, FileIdentity), SharedId<Id>>,
 }
 
-/// The backing file an inode's passthrough handles share.
-struct InodeBacking<Id> {
-    identity: FileIdentity,
+/// A backing id and the handles that use it.
+struct SharedId<Id> {
     id: Arc<Id>,
     handles: usize,
 }
@@ -172,52 +149,50 @@ impl<Id> Default for BackingTable<Id> {
     fn default() -> Self {
         BackingTable {
             by_handle: HashMap::new(),
-            by_inode: HashMap::new(),
+            by_file: HashMap::new(),
         }
     }
 }
 
 impl<Id> BackingTable<Id> {
     /// Counts handle `fh` on `ino`, passed through the file `identity`: the id
-    /// the inode's handles share, or a new one from `register` when it has none.
-    /// None when the inode's handles use another file.
+    /// the file's handles on the inode share, or a new one from `register`.
     fn add(
         &mut self,
         ino: u64,
         fh: u64,
         identity: FileIdentity,
         register: impl FnOnce() -> io::Result<Id>,
-    ) -> io::Result<Option<Arc<Id>>> {
-        let id = match self.by_inode.get_mut(&ino) {
-            Some(live) if live.identity == identity => {
-                live.handles += 1;
-                live.id.clone()
+    ) -> io::Result<Arc<Id>> {
+        let key = (ino, identity);
+        let id = match self.by_file.get_mut(&key) {
+            Some(shared) => {
+                shared.handles += 1;
+                shared.id.clone()
             }
-            Some(_) => return Ok(None),
             None => {
                 let id = Arc::new(register()?);
-                let live = InodeBacking {
-                    identity,
+                let shared = SharedId {
                     id: id.clone(),
                     handles: 1,
                 };
-                self.by_inode.insert(ino, live);
+                self.by_file.insert(key, shared);
                 id
             }
         };
-        self.by_handle.insert(fh, ino);
-        Ok(Some(id))
+        self.by_handle.insert(fh, key);
+        Ok(id)
     }
 
-    /// Forgets handle `fh`, and its inode's id with the inode's last handle.
+    /// Forgets handle `fh`, and its file's id with the last handle using it.
     fn release(&mut self, fh: u64) {
-        let Some(ino) = self.by_handle.remove(&fh) else {
+        let Some(key) = self.by_handle.remove(&fh) else {
             return;
         };
-        if let Some(live) = self.by_inode.get_mut(&ino) {
-            live.handles -= 1;
-            if live.handles == 0 {
-                self.by_inode.remove(&ino);
+        if let Some(shared) = self.by_file.get_mut(&key) {
+            shared.handles -= 1;
+            if shared.handles == 0 {
+                self.by_file.remove(&key);
             }
         }
     }
@@ -237,24 +212,24 @@ mod tests {
     const RAM: FileIdentity = FileIdentity { dev: 2, ino: 20 };
 
     #[test]
-    fn handles_of_one_file_share_its_id_and_other_files_wait_for_them() {
+    fn handles_of_one_file_share_its_id_and_another_file_gets_its_own() {
         let mut table = BackingTable::<u32>::default();
-        let a = table.add(7, 1, NVME, || Ok(100)).unwrap().unwrap();
+        let a = table.add(7, 1, NVME, || Ok(100)).unwrap();
         let b = table
             .add(7, 2, NVME, || panic!("registered twice"))
-            .unwrap()
             .unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(table.add(7, 3, RAM, || Ok(200)).unwrap().is_none());
+        // Which file the inode passes through is the engine's to decide: a
+        // file offered is never given another file's id.
+        assert_eq!(*table.add(7, 3, RAM, || Ok(200)).unwrap(), 200);
         table.release(1);
-        assert!(table.add(7, 3, RAM, || Ok(200)).unwrap().is_none());
         table.release(2);
-        let c = table.add(7, 3, RAM, || Ok(200)).unwrap().unwrap();
-        assert_eq!(*c, 200);
+        let c = table.add(7, 4, NVME, || Ok(300)).unwrap();
+        assert_eq!(*c, 300, "the last handle closed the first id");
         // A refused registration counts no handle.
-        let refused = table.add(8, 4, NVME, || Err(io::Error::other("no")));
+        let refused = table.add(8, 5, NVME, || Err(io::Error::other("no")));
         assert!(refused.is_err());
-        assert!(table.add(8, 5, RAM, || Ok(300)).unwrap().is_some());
+        assert_eq!(*table.add(8, 6, NVME, || Ok(400)).unwrap(), 400);
     }
 
     #[test]
@@ -262,15 +237,15 @@ mod tests {
         let mut table = BackingTable::<u32>::default();
         // The reply that opened handle 1 still holds the id when the handle
         // is released: the next open may pass through another file.
-        let held = table.add(7, 1, NVME, || Ok(100)).unwrap().unwrap();
+        let held = table.add(7, 1, NVME, || Ok(100)).unwrap();
         table.release(1);
         let next = table.add(7, 2, RAM, || Ok(200)).unwrap();
-        assert_eq!(next.as_deref(), Some(&200));
+        assert_eq!(*next, 200);
         drop(held);
         // Releasing an unknown or already released handle changes nothing.
         table.release(1);
         table.release(99);
         let shared = table.add(7, 3, RAM, || panic!("registered twice")).unwrap();
-        assert_eq!(shared.as_deref(), Some(&200));
+        assert_eq!(*shared, 200);
     }
 }
