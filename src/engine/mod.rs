@@ -5,6 +5,7 @@
 use crate::model::version::FileId;
 use crate::model::version::FileVersion;
 use crate::namespace::object_path;
+use crate::tier_manager::demotion::Demoter;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use crate::error::{FsError, FsResult};
 use crate::meta::chunk_index::{ChunkIndex, VersionInfo};
 use crate::meta::db::MetaDb;
 use crate::model::options::MountOptions;
-use crate::model::version::OpenVersions;
 use crate::namespace::{Namespace, Node};
 use crate::tier_manager::access::AccessTable;
 use crate::tier_manager::job_queue::JobQueue;
@@ -104,7 +104,7 @@ pub struct EngineCore {
     next_fh: AtomicU64,
     kept: KeptVersions,
     manager: TierManager,
-    access: AccessTable,
+    access: Arc<AccessTable>,
     pub stats: EngineStats,
 }
 
@@ -138,14 +138,15 @@ impl EngineCore {
             options.pin_bandwidth,
             options.promote_bandwidth,
         ));
+        let access = Arc::new(AccessTable::load(meta.clone(), plan_config.decay)?);
         let manager = TierManager {
-            pins: PinTable::load(meta.clone())?,
+            pins: PinTable::load(meta)?,
             mover: Mover::new(jobs.clone(), Arc::new(reader.clone()), options.chunk_size),
+            demoter: Demoter::new(reader.clone(), index.clone(), access.clone(), files.clone()),
             jobs,
             placement: Placement::default(),
             plan_config,
         };
-        let access = AccessTable::load(meta, plan_config.decay)?;
         let registry = Arc::new(WriteRegistry::new(index.clone()));
         let staging = Arc::new(StagingArea::open(&cache_dir)?);
         let uploader = Arc::new(Uploader::new(
@@ -194,11 +195,6 @@ impl EngineCore {
 
     pub(crate) fn index(&self) -> &ChunkIndex {
         &self.index
-    }
-
-    /// Which versions open handles read.
-    pub(crate) fn open_files(&self) -> &dyn OpenVersions {
-        self.files.as_ref()
     }
 
     pub fn manager(&self) -> &TierManager {

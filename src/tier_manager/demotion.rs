@@ -1,10 +1,22 @@
-//! The demotion rule the mount options give, and how often it is applied.
+//! Demotion by rule: the local copies (NVMe and RAM) of files that the rule
+//! the mount options give picks (idle or old files) are removed; the store
+//! keeps them. Files the kernel reads directly, files open, and files pinned to
+//! RAM stay.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tierfs_policy::DemoteRule;
+use tierfs_policy::{CachedFile, DemoteRule, files_to_demote};
 
+use crate::error::FsResult;
+use crate::meta::chunk_index::ChunkIndex;
 use crate::model::options::MountOptions;
+use crate::model::units::format_size;
+use crate::model::version::{FileId, OpenVersions};
+use crate::tier_manager::access::AccessTable;
+use crate::tiers::ram::HoldKind;
+use crate::tiers::reader::TieredReader;
 
 /// The demotion rule the options give; a zero duration turns its rule off.
 pub fn demote_rule(options: &MountOptions) -> DemoteRule {
@@ -20,4 +32,200 @@ pub fn demote_rule(options: &MountOptions) -> DemoteRule {
 pub fn tick_period(rule: DemoteRule) -> Duration {
     let shortest = rule.idle.into_iter().chain(rule.age).min().unwrap_or(20);
     Duration::from_secs((shortest / 4).clamp(1, 5))
+}
+
+/// Applies the demotion rule to what the tiers hold.
+pub struct Demoter {
+    reader: Arc<TieredReader>,
+    index: Arc<ChunkIndex>,
+    access: Arc<AccessTable>,
+    open: Arc<dyn OpenVersions>,
+}
+
+impl Demoter {
+    pub fn new(
+        reader: Arc<TieredReader>,
+        index: Arc<ChunkIndex>,
+        access: Arc<AccessTable>,
+        open: Arc<dyn OpenVersions>,
+    ) -> Demoter {
+        Demoter {
+            reader,
+            index,
+            access,
+            open,
+        }
+    }
+
+    /// When the file of version `id` was last opened for reading, if known.
+    fn last_opened_at(&self, id: FileId) -> u64 {
+        self.index
+            .version_info(id)
+            .ok()
+            .flatten()
+            .and_then(|v| self.access.get(&v.key))
+            .map_or(0, |a| a.stats.last_access)
+    }
+
+    /// The files on NVMe as the rule sees them.
+    fn cached_files(&self, rule: DemoteRule) -> Vec<CachedFile<FileId>> {
+        let open: HashSet<FileId> = self.open.open_versions();
+        self.reader
+            .nvme()
+            .cached_files()
+            .into_iter()
+            .map(|(id, usage, held)| CachedFile {
+                key: id,
+                bytes: usage.bytes,
+                // Reads served from RAM or by the kernel touch no NVMe chunk;
+                // the file's opens count too.
+                last_access: usage.last_access.max(self.last_opened_at(id)),
+                created: match rule.age {
+                    Some(_) => self
+                        .index
+                        .version_info(id)
+                        .ok()
+                        .flatten()
+                        .map(|v| v.created),
+                    None => None,
+                },
+                // A file pinned to RAM stays, its NVMe copy too.
+                held: held
+                    || open.contains(&id)
+                    || self
+                        .reader
+                        .ram()
+                        .hold_of(id)
+                        .is_some_and(|h| h.kind == HoldKind::Pin),
+            })
+            .collect()
+    }
+
+    /// Removes the local copies (NVMe and RAM) of the files `rule` picks at
+    /// `now`. Returns the bytes freed. Blocking.
+    pub fn demote_by_rule(&self, rule: DemoteRule, now: u64) -> FsResult<u64> {
+        let mut freed = 0;
+        for (id, reason) in files_to_demote(&self.cached_files(rule), rule, now) {
+            let name = self
+                .index
+                .version_info(id)
+                .ok()
+                .flatten()
+                .map_or_else(|| id.hex(), |v| v.key);
+            let bytes = self.reader.nvme().demote(id)?;
+            self.reader.forget_ram(id);
+            tracing::info!(
+                path = %name,
+                "local copy demoted ({reason}): {} freed, the store keeps it",
+                format_size(bytes)
+            );
+            freed += bytes;
+        }
+        Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use parking_lot::Mutex;
+    use tierfs_policy::Decay;
+
+    use super::*;
+    use crate::meta::db::MetaDb;
+    use crate::model::clock::now_secs;
+    use crate::model::tier::Tier;
+    use crate::model::version::FileVersion;
+    use crate::tiers::nvme::NvmeTier;
+
+    const CHUNK: u64 = 4096;
+
+    #[derive(Default)]
+    struct OpenSet(Mutex<Vec<Arc<FileVersion>>>);
+
+    impl OpenVersions for OpenSet {
+        fn open_versions(&self) -> HashSet<FileId> {
+            self.0.lock().iter().map(|v| v.id).collect()
+        }
+
+        fn is_open(&self, id: FileId) -> bool {
+            self.open_versions().contains(&id)
+        }
+
+        fn open_versions_of(&self, key: &str) -> Vec<Arc<FileVersion>> {
+            let open = self.0.lock();
+            open.iter()
+                .filter(|v| v.path.as_ref() == key)
+                .cloned()
+                .collect()
+        }
+    }
+
+    /// Puts an object of `size` bytes in the store and fetches it onto NVMe.
+    async fn cached(
+        reader: &Arc<TieredReader>,
+        store: &InMemory,
+        key: &str,
+        size: u64,
+    ) -> Arc<FileVersion> {
+        let path = Path::from(key);
+        store
+            .put(&path, vec![7u8; size as usize].into())
+            .await
+            .unwrap();
+        let version = Arc::new(FileVersion {
+            path,
+            id: FileId::new("test", key, "v1", CHUNK),
+            size,
+            etag: None,
+        });
+        for index in 0..size.div_ceil(CHUNK) {
+            reader
+                .chunk_into(Tier::Nvme, &version, index)
+                .await
+                .unwrap();
+        }
+        version
+    }
+
+    #[tokio::test]
+    async fn idle_files_leave_the_local_tiers_and_open_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let meta = Arc::new(MetaDb::open(&dir.path().join("index")).unwrap());
+        let index = Arc::new(ChunkIndex::new(meta.clone()));
+        let nvme = NvmeTier::open(dir.path(), index.clone(), CHUNK, 1 << 20, 0, Arc::default());
+        let options = MountOptions {
+            chunk_size: CHUNK,
+            ..MountOptions::default()
+        };
+        let reader = TieredReader::new(store.clone(), Arc::new(nvme.unwrap()), &options);
+        let idle = cached(&reader, &store, "idle.bin", 3 * CHUNK - 100).await;
+        let open = cached(&reader, &store, "open.bin", CHUNK).await;
+        let open_set = Arc::new(OpenSet::default());
+        open_set.0.lock().push(open.clone());
+        let access = Arc::new(AccessTable::load(meta, Decay::default()).unwrap());
+        let demoter = Demoter::new(reader.clone(), index, access, open_set);
+        let rule = DemoteRule {
+            idle: Some(60),
+            age: None,
+        };
+
+        assert_eq!(
+            demoter.demote_by_rule(rule, now_secs()).unwrap(),
+            0,
+            "nothing is idle yet"
+        );
+        let later = now_secs() + 3600;
+        assert_eq!(demoter.demote_by_rule(rule, later).unwrap(), idle.size);
+        assert_eq!(reader.nvme().bytes_of(idle.id), 0);
+        assert_eq!(reader.ram_bytes_of(idle.id, idle.size), 0);
+        assert_eq!(
+            reader.nvme().bytes_of(open.id),
+            open.size,
+            "an open file stays"
+        );
+    }
 }

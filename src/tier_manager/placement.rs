@@ -2,6 +2,7 @@
 //! queue and the mover, and how often the planner runs.
 
 use crate::model::version::FileVersion;
+use crate::tier_manager::demotion::Demoter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -46,6 +47,7 @@ pub struct TierManager {
     pub pins: PinTable,
     pub jobs: Arc<JobQueue>,
     pub mover: Mover,
+    pub demoter: Demoter,
     pub placement: Placement,
     pub plan_config: PlanConfig,
 }
