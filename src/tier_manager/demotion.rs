@@ -127,83 +127,22 @@ impl Demoter {
 
 #[cfg(test)]
 mod tests {
-    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
-    use object_store::path::Path;
-    use parking_lot::Mutex;
     use tierfs_policy::Decay;
 
     use super::*;
-    use crate::meta::db::MetaDb;
     use crate::model::clock::now_secs;
-    use crate::model::tier::Tier;
-    use crate::model::version::FileVersion;
-    use crate::tiers::nvme::NvmeTier;
-
-    const CHUNK: u64 = 4096;
-
-    #[derive(Default)]
-    struct OpenSet(Mutex<Vec<Arc<FileVersion>>>);
-
-    impl OpenVersions for OpenSet {
-        fn open_versions(&self) -> HashSet<FileId> {
-            self.0.lock().iter().map(|v| v.id).collect()
-        }
-
-        fn is_open(&self, id: FileId) -> bool {
-            self.open_versions().contains(&id)
-        }
-
-        fn open_versions_of(&self, key: &str) -> Vec<Arc<FileVersion>> {
-            let open = self.0.lock();
-            open.iter()
-                .filter(|v| v.path.as_ref() == key)
-                .cloned()
-                .collect()
-        }
-    }
-
-    /// Puts an object of `size` bytes in the store and fetches it onto NVMe.
-    async fn cached(
-        reader: &Arc<TieredReader>,
-        store: &InMemory,
-        key: &str,
-        size: u64,
-    ) -> Arc<FileVersion> {
-        let path = Path::from(key);
-        store
-            .put(&path, vec![7u8; size as usize].into())
-            .await
-            .unwrap();
-        let version = Arc::new(FileVersion {
-            path,
-            id: FileId::new("test", key, "v1", CHUNK),
-            size,
-            etag: None,
-        });
-        for index in 0..size.div_ceil(CHUNK) {
-            reader
-                .chunk_into(Tier::Nvme, &version, index)
-                .await
-                .unwrap();
-        }
-        version
-    }
+    use crate::tiers::testing::{OpenSet, fetch_to_nvme, reader_over, stored};
 
     #[tokio::test]
     async fn idle_files_leave_the_local_tiers_and_open_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(InMemory::new());
-        let meta = Arc::new(MetaDb::open(&dir.path().join("index")).unwrap());
-        let index = Arc::new(ChunkIndex::new(meta.clone()));
-        let nvme = NvmeTier::open(dir.path(), index.clone(), CHUNK, 1 << 20, 0, Arc::default());
-        let options = MountOptions {
-            chunk_size: CHUNK,
-            ..MountOptions::default()
-        };
-        let reader = TieredReader::new(store.clone(), Arc::new(nvme.unwrap()), &options);
-        let idle = cached(&reader, &store, "idle.bin", 3 * CHUNK - 100).await;
-        let open = cached(&reader, &store, "open.bin", CHUNK).await;
+        let (reader, index, meta) = reader_over(dir.path(), store.clone());
+        let idle = stored(&store, "idle.bin", "v1", 3 * 4096 - 100).await;
+        let open = stored(&store, "open.bin", "v1", 4096).await;
+        fetch_to_nvme(&reader, &idle).await;
+        fetch_to_nvme(&reader, &open).await;
         let open_set = Arc::new(OpenSet::default());
         open_set.0.lock().push(open.clone());
         let access = Arc::new(AccessTable::load(meta, Decay::default()).unwrap());

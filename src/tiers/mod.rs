@@ -5,3 +5,5 @@ pub mod kept_versions;
 pub mod nvme;
 pub mod ram;
 pub mod reader;
+#[cfg(test)]
+pub mod testing;

@@ -452,14 +452,7 @@ mod tests {
     }
 
     fn reader_of(dir: &std::path::Path, store: Arc<dyn ObjectStore>) -> Arc<TieredReader> {
-        let options = MountOptions {
-            chunk_size: 4096,
-            ..MountOptions::default()
-        };
-        let index =
-            Arc::new(crate::meta::chunk_index::ChunkIndex::open(&dir.join("index")).unwrap());
-        let nvme = NvmeTier::open(dir, index, 4096, 1 << 20, 0, Arc::default()).unwrap();
-        TieredReader::new(store, Arc::new(nvme), &options)
+        crate::tiers::testing::reader_over(dir, store).0
     }
 
     #[tokio::test]
