@@ -127,26 +127,23 @@ impl Demoter {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
     use tierfs_policy::Decay;
 
     use super::*;
     use crate::model::clock::now_secs;
-    use crate::tiers::testing::{OpenSet, fetch_to_nvme, reader_over, stored};
+    use crate::tiers::testing::{Fixture, OpenSet, fetch_to_nvme};
 
     #[tokio::test]
     async fn idle_files_leave_the_local_tiers_and_open_ones_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(InMemory::new());
-        let (reader, index, meta) = reader_over(dir.path(), store.clone());
-        let idle = stored(&store, "idle.bin", "v1", 3 * 4096 - 100).await;
-        let open = stored(&store, "open.bin", "v1", 4096).await;
-        fetch_to_nvme(&reader, &idle).await;
-        fetch_to_nvme(&reader, &open).await;
+        let f = Fixture::new();
+        let idle = f.object("idle.bin", 3 * 4096 - 100).await;
+        let open = f.object("open.bin", 4096).await;
+        fetch_to_nvme(&f.reader, &idle).await;
+        fetch_to_nvme(&f.reader, &open).await;
         let open_set = Arc::new(OpenSet::default());
         open_set.0.lock().push(open.clone());
-        let access = Arc::new(AccessTable::load(meta, Decay::default()).unwrap());
-        let demoter = Demoter::new(reader.clone(), index, access, open_set);
+        let access = Arc::new(AccessTable::load(f.meta.clone(), Decay::default()).unwrap());
+        let demoter = Demoter::new(f.reader.clone(), f.index.clone(), access, open_set);
         let rule = DemoteRule {
             idle: Some(60),
             age: None,
@@ -159,10 +156,10 @@ mod tests {
         );
         let later = now_secs() + 3600;
         assert_eq!(demoter.demote_by_rule(rule, later).unwrap(), idle.size);
-        assert_eq!(reader.nvme().bytes_of(idle.id), 0);
-        assert_eq!(reader.ram_bytes_of(idle.id, idle.size), 0);
+        assert_eq!(f.reader.nvme().bytes_of(idle.id), 0);
+        assert_eq!(f.reader.ram_bytes_of(idle.id, idle.size), 0);
         assert_eq!(
-            reader.nvme().bytes_of(open.id),
+            f.reader.nvme().bytes_of(open.id),
             open.size,
             "an open file stays"
         );

@@ -94,46 +94,40 @@ impl KeptVersions {
 
 #[cfg(test)]
 mod tests {
-    use object_store::memory::InMemory;
-
     use super::*;
-    use crate::tiers::testing::{OpenSet, fetch_to_nvme, reader_over, stored};
+    use crate::tiers::testing::{Fixture, OpenSet, fetch_to_nvme};
 
     #[tokio::test]
     async fn a_version_open_readers_read_is_kept_whole_until_its_last_reader_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(InMemory::new());
-        let (reader, _, _) = reader_over(dir.path(), store.clone());
-        let old = stored(&store, "model.bin", "v1", 2 * 4096 + 10).await;
+        let f = Fixture::new();
+        let old = f.object("model.bin", 2 * 4096 + 10).await;
         let open = Arc::new(OpenSet::default());
         open.0.lock().push(old.clone());
-        let kept = KeptVersions::new(reader.clone(), open.clone());
+        let kept = KeptVersions::new(f.reader.clone(), open.clone());
 
         // Before an upload replaces the object: the open version is fetched whole.
         kept.keep_for_readers("model.bin").await;
         // Its chunks reach NVMe behind the load.
         let settle = std::time::Duration::from_secs(10);
-        reader.settle_nvme(old.id, old.size, settle).await;
-        assert_eq!(reader.nvme().bytes_of(old.id), old.size);
+        f.reader.settle_nvme(old.id, old.size, settle).await;
+        assert_eq!(f.reader.nvme().bytes_of(old.id), old.size);
         // Retired while open: it stays for its reader.
         kept.retire(old.id).unwrap();
         kept.closed(old.id);
-        assert_eq!(reader.nvme().bytes_of(old.id), old.size, "still open");
+        assert_eq!(f.reader.nvme().bytes_of(old.id), old.size, "still open");
         // The last reader closes: it goes.
         open.0.lock().clear();
         kept.closed(old.id);
-        assert_eq!(reader.nvme().bytes_of(old.id), 0);
+        assert_eq!(f.reader.nvme().bytes_of(old.id), 0);
     }
 
     #[tokio::test]
     async fn a_version_no_one_reads_goes_when_it_is_retired() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(InMemory::new());
-        let (reader, _, _) = reader_over(dir.path(), store.clone());
-        let old = stored(&store, "w.bin", "v1", 4096).await;
-        fetch_to_nvme(&reader, &old).await;
-        let kept = KeptVersions::new(reader.clone(), Arc::new(OpenSet::default()));
+        let f = Fixture::new();
+        let old = f.object("w.bin", 4096).await;
+        fetch_to_nvme(&f.reader, &old).await;
+        let kept = KeptVersions::new(f.reader.clone(), Arc::new(OpenSet::default()));
         kept.retire(old.id).unwrap();
-        assert_eq!(reader.nvme().bytes_of(old.id), 0);
+        assert_eq!(f.reader.nvme().bytes_of(old.id), 0);
     }
 }

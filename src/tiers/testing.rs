@@ -40,6 +40,41 @@ pub fn reader_over(
     )
 }
 
+/// A reader over a temporary directory and an in-memory store.
+pub struct Fixture {
+    pub store: Arc<InMemory>,
+    pub reader: Arc<TieredReader>,
+    pub index: Arc<ChunkIndex>,
+    pub meta: Arc<MetaDb>,
+    _dir: tempfile::TempDir,
+}
+
+impl Default for Fixture {
+    fn default() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let (reader, index, meta) = reader_over(dir.path(), store.clone());
+        Fixture {
+            store,
+            reader,
+            index,
+            meta,
+            _dir: dir,
+        }
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::default()
+    }
+
+    /// An object of `size` bytes, version v1, in the store (not fetched).
+    pub async fn object(&self, key: &str, size: u64) -> Arc<FileVersion> {
+        stored(&self.store, key, "v1", size).await
+    }
+}
+
 /// Puts `size` bytes at `key` in the store as version `tag`, and returns that
 /// version (nothing is fetched yet).
 pub async fn stored(store: &InMemory, key: &str, tag: &str, size: u64) -> Arc<FileVersion> {
