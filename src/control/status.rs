@@ -98,7 +98,7 @@ impl EngineCore {
                     name: "nvme".into(),
                     budget: nvme.budget(),
                     used: nvme.used() + self.dirty_bytes(),
-                    pinned: self.pinned_bytes(Tier::Nvme, None),
+                    pinned: self.manager().pinned_bytes(Tier::Nvme, None),
                     hits: load(&nvme.stats.hits),
                     misses: load(&nvme.stats.misses),
                 },

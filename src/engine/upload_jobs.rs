@@ -130,7 +130,7 @@ impl EngineCore {
             if self.adopt(id, &up, &sealed)? {
                 // A new file below a pinned directory joins the pin.
                 if self.manager().pins.effective(&up.key).is_some() {
-                    self.placement_changed();
+                    self.manager().placement_changed();
                 }
                 return Ok(());
             }

@@ -103,7 +103,7 @@ impl EngineCore {
     pub fn remove_xattr(&self, ino: u64, name: &str) -> FsResult<()> {
         let node = self.node(ino)?;
         match name {
-            PIN => self.unpin(&node.path),
+            PIN => self.manager().unpin(&node.path),
             TIER | DIGEST | CONTROL => {
                 Err(FsError::InvalidArgument(format!("{name} is read-only")))
             }
@@ -122,7 +122,7 @@ impl EngineCore {
             }
             PIN => {
                 let tier = parse_tier(name, value).inspect_err(|e| tracing::warn!("{e}"))?;
-                self.pin(&node.path, tier).await
+                self.manager().pin(&node.path, tier).await
             }
             TIER | DIGEST | CONTROL => {
                 Err(FsError::InvalidArgument(format!("{name} is read-only")))

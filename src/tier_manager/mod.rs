@@ -3,6 +3,7 @@
 pub mod access;
 pub mod demotion;
 pub mod job_queue;
+pub mod manager;
 pub mod mover;
 pub mod pins;
 pub mod placement;

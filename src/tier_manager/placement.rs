@@ -1,20 +1,13 @@
-//! The tier manager's state: pins resolved to the files they cover, the job
-//! queue and the mover, and how often the planner runs.
+//! The pins as resolved to the files they cover, and how often the planner runs.
 
 use crate::model::version::FileVersion;
-use crate::tier_manager::demotion::Demoter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tierfs_policy::{PlanConfig, Tier};
-
-use crate::tier_manager::job_queue::JobQueue;
-use crate::tier_manager::mover::Mover;
-
-use crate::tier_manager::pins::PinTable;
+use tierfs_policy::Tier;
 
 /// Pins are resolved again at least this often, to see files others added.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(60);
@@ -40,14 +33,4 @@ pub struct Placement {
     /// Pins or the files below them changed: resolve again at the next tick.
     pub stale: AtomicBool,
     pub last_resolved: Mutex<Option<Instant>>,
-}
-
-/// The tier manager's state in the engine.
-pub struct TierManager {
-    pub pins: PinTable,
-    pub jobs: Arc<JobQueue>,
-    pub mover: Mover,
-    pub demoter: Demoter,
-    pub placement: Placement,
-    pub plan_config: PlanConfig,
 }
