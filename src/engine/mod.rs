@@ -30,9 +30,10 @@ use crate::model::options::MountOptions;
 use crate::namespace::{Namespace, Node};
 use crate::tier_manager::access::AccessTable;
 use crate::tier_manager::job_queue::JobQueue;
-use crate::tier_manager::manager::{TierManager, TierManagerParts};
+use crate::tier_manager::manager::TierManager;
 use crate::tier_manager::mover::Mover;
 use crate::tier_manager::pins::PinTable;
+use crate::tier_manager::placement::Placement;
 use crate::tiers::kept_versions::KeptVersions;
 use crate::tiers::nvme::NvmeTier;
 use crate::tiers::reader::TieredReader;
@@ -139,7 +140,7 @@ impl EngineCore {
             options.promote_bandwidth,
         ));
         let access = Arc::new(AccessTable::load(meta.clone(), plan_config.decay)?);
-        let manager = TierManager::new(TierManagerParts {
+        let manager = TierManager {
             pins: PinTable::load(meta)?,
             mover: Mover::new(jobs.clone(), Arc::new(reader.clone()), options.chunk_size),
             demoter: Demoter::new(reader.clone(), index.clone(), access.clone(), files.clone()),
@@ -150,7 +151,8 @@ impl EngineCore {
             index: index.clone(),
             access: access.clone(),
             nvme_budget: options.cache_size,
-        });
+            placement: Placement::default(),
+        };
         let registry = Arc::new(WriteRegistry::new(index.clone()));
         let staging = Arc::new(StagingArea::open(&cache_dir)?);
         let uploader = Arc::new(Uploader::new(

@@ -37,12 +37,12 @@ pub trait VersionNaming: Send + Sync {
     fn version_of_listed(&self, meta: &ObjectMeta) -> FsResult<Arc<FileVersion>>;
 }
 
-/// What the tier manager works with.
-pub struct TierManagerParts {
+pub struct TierManager {
     pub pins: PinTable,
     pub jobs: Arc<JobQueue>,
     pub mover: Mover,
     pub demoter: Demoter,
+    pub placement: Placement,
     pub plan_config: PlanConfig,
     pub store: Arc<dyn ObjectStore>,
     pub reader: Arc<TieredReader>,
@@ -52,49 +52,7 @@ pub struct TierManagerParts {
     pub nvme_budget: u64,
 }
 
-pub struct TierManager {
-    pub pins: PinTable,
-    pub jobs: Arc<JobQueue>,
-    pub mover: Mover,
-    pub demoter: Demoter,
-    pub placement: Placement,
-    pub plan_config: PlanConfig,
-    store: Arc<dyn ObjectStore>,
-    reader: Arc<TieredReader>,
-    index: Arc<ChunkIndex>,
-    access: Arc<AccessTable>,
-    nvme_budget: u64,
-}
-
 impl TierManager {
-    pub fn new(parts: TierManagerParts) -> TierManager {
-        let TierManagerParts {
-            pins,
-            jobs,
-            mover,
-            demoter,
-            plan_config,
-            store,
-            reader,
-            index,
-            access,
-            nvme_budget,
-        } = parts;
-        TierManager {
-            pins,
-            jobs,
-            mover,
-            demoter,
-            placement: Placement::default(),
-            plan_config,
-            store,
-            reader,
-            index,
-            access,
-            nvme_budget,
-        }
-    }
-
     /// The objects a path names: the file, or every file below the directory.
     /// Listings only, so that versions are named as the namespace names them.
     pub async fn objects_at(&self, path: &str) -> FsResult<Vec<ObjectMeta>> {
