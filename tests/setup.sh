@@ -3,7 +3,7 @@
 # (default ~/.cache/tierfs-tools): the s3s-fs S3 server, and a Python venv with
 # safetensors, numpy and the moto S3 server (for keys s3s-fs cannot hold).
 # System packages (fuse3, attr, python3-venv, clang ...) come from the README's first
-# command (or .ci/run); a missing one stops here with its name.
+# command (or .ci/run); without getfattr and setfattr (attr) it stops here and says so.
 set -euo pipefail
 tools="${TIERFS_TOOLS:-$HOME/.cache/tierfs-tools}"
 mkdir -p "$tools/bin"
