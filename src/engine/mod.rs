@@ -6,6 +6,7 @@ use crate::model::version::FileId;
 use crate::model::version::FileVersion;
 use crate::namespace::object_path;
 use crate::tier_manager::demotion::Demoter;
+use crate::write::upload_jobs::UploadJobs;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,7 +90,8 @@ pub struct EngineCore {
     index: Arc<ChunkIndex>,
     reader: Arc<TieredReader>,
     files: Arc<OpenFiles>,
-    writes: WriteSide,
+    writes: Arc<WriteSide>,
+    uploads: Arc<UploadJobs>,
     dirs: Mutex<HashMap<u64, Arc<[DirEntry]>>>,
     /// Whether each open inode is served through tierfs or from a backing file.
     io_modes: InodeIoModes,
@@ -103,7 +105,7 @@ pub struct EngineCore {
     /// Page cache handovers run one at a time.
     handovers: tokio::sync::Semaphore,
     next_fh: AtomicU64,
-    kept: KeptVersions,
+    kept: Arc<KeptVersions>,
     manager: TierManager,
     access: Arc<AccessTable>,
     pub stats: EngineStats,
@@ -133,7 +135,7 @@ impl EngineCore {
         )?);
         let reader = TieredReader::new(store.objects.clone(), nvme, &options);
         let files = Arc::new(OpenFiles::default());
-        let kept = KeptVersions::new(reader.clone(), files.clone());
+        let kept = Arc::new(KeptVersions::new(reader.clone(), files.clone()));
         let plan_config = PlanConfig::default();
         let jobs = Arc::new(JobQueue::new(
             options.pin_bandwidth,
@@ -162,12 +164,21 @@ impl EngineCore {
             options.upload_concurrency,
             options.upload_bandwidth,
         ));
+        let writes = Arc::new(WriteSide::new(registry, staging, uploader, dirty));
+        let uploads = Arc::new(UploadJobs {
+            writes: writes.clone(),
+            kept: kept.clone(),
+            reader: reader.clone(),
+            index: index.clone(),
+            store: store.objects.clone(),
+        });
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let core = Arc::new(EngineCore {
             store: store.objects,
             store_id,
-            writes: WriteSide::new(registry, staging, uploader, dirty),
+            writes,
+            uploads,
             uid: options.uid.unwrap_or(uid),
             gid: options.gid.unwrap_or(gid),
             ns: Namespace::new(options.metadata_ttl),

@@ -4,4 +4,5 @@ pub mod path;
 pub mod registry;
 pub mod report;
 pub mod staging;
+pub mod upload_jobs;
 pub mod uploader;
