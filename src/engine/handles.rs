@@ -19,7 +19,7 @@ use crate::write::path::StagedFile;
 
 /// How many chunks ahead of the application the kernel's own readahead may
 /// have sent requests: two windows of the mount's read_ahead_kb, one chunk
-/// (see `mount::raise_readahead`). The page cache there is not left behind yet.
+/// (see `cli::mount::raise_readahead`). The page cache there is not left behind yet.
 const KERNEL_READAHEAD_CHUNKS: u64 = 2;
 
 impl EngineCore {

@@ -2,7 +2,7 @@
 //! there, run one at a time in priority order. Explicit requests (pins,
 //! placements, prefetches) come first, those with a deadline earliest deadline
 //! first; then background promotion; then demotion. Demand reads are never
-//! queued: background jobs wait while readers wait (see `placement`). Each job
+//! queued: background jobs wait while readers wait (see `mover`). Each job
 //! keeps its progress, which the control API and `user.tierfs.tier` report.
 
 use std::collections::{BTreeMap, HashMap};
