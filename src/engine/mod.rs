@@ -107,7 +107,6 @@ pub struct EngineCore {
     next_fh: AtomicU64,
     kept: Arc<KeptVersions>,
     manager: TierManager,
-    access: Arc<AccessTable>,
     pub stats: EngineStats,
 }
 
@@ -151,7 +150,7 @@ impl EngineCore {
             store: store.objects.clone(),
             reader: reader.clone(),
             index: index.clone(),
-            access: access.clone(),
+            access,
             nvme_budget: options.cache_size,
             placement: Placement::default(),
         };
@@ -170,7 +169,6 @@ impl EngineCore {
             kept: kept.clone(),
             reader: reader.clone(),
             index: index.clone(),
-            store: store.objects.clone(),
         });
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -197,7 +195,6 @@ impl EngineCore {
             next_fh: AtomicU64::new(1),
             kept,
             manager,
-            access,
             stats: EngineStats::default(),
         });
         core.recover_writes()?;
@@ -219,7 +216,7 @@ impl EngineCore {
     }
 
     pub(crate) fn access(&self) -> &AccessTable {
-        &self.access
+        &self.manager.access
     }
 
     pub(crate) fn kept(&self) -> &KeptVersions {
@@ -401,7 +398,8 @@ impl EngineCore {
             }
         }
         let version = self.version_of(&node)?;
-        self.access
+        self.manager
+            .access
             .record(&version, crate::model::clock::now_secs());
         let keep_cache = self.last_opened.lock().insert(ino, version.id) == Some(version.id);
         // Served from the kernel's page cache when it holds the file (see

@@ -6,6 +6,9 @@ use crate::error::{FsError, FsResult};
 
 pub use tierfs_policy::Tier;
 
+/// Why `vram` is refused in this build.
+const NO_GPU_HELPER: &str = "needs the GPU helper, which this build does not have yet";
+
 /// Reads a tier named by `what` (an attribute, a request field) that this build
 /// can hold; anything else is refused with the reason in words.
 pub fn parse_tier(what: &str, value: &[u8]) -> FsResult<Tier> {
@@ -14,7 +17,7 @@ pub fn parse_tier(what: &str, value: &[u8]) -> FsResult<Tier> {
         .trim();
     if text == "vram" || text.starts_with("vram:") {
         return Err(FsError::InvalidArgument(format!(
-            "{what}: '{text}' needs the GPU helper, which this build does not have yet"
+            "{what}: '{text}' {NO_GPU_HELPER}"
         )));
     }
     match text.parse::<Tier>() {
@@ -28,9 +31,7 @@ pub fn parse_tier(what: &str, value: &[u8]) -> FsResult<Tier> {
 /// GPU memory is not a tier of this build: every entry point that takes a tier
 /// from users refuses `vram` first (see [`parse_tier`]).
 pub fn no_gpu_tier() -> FsError {
-    FsError::InvalidArgument(
-        "the vram tier needs the GPU helper, which this build does not have yet".into(),
-    )
+    FsError::InvalidArgument(format!("the vram tier {NO_GPU_HELPER}"))
 }
 
 #[cfg(test)]

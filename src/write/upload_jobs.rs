@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 use parking_lot::MutexGuard;
 
 use crate::error::{FsError, FsResult};
@@ -47,7 +47,6 @@ pub struct UploadJobs {
     pub kept: Arc<KeptVersions>,
     pub reader: Arc<TieredReader>,
     pub index: Arc<ChunkIndex>,
-    pub store: Arc<dyn ObjectStore>,
 }
 
 impl UploadJobs {
@@ -278,9 +277,10 @@ impl UploadJobs {
         if claimed || up.etag.is_none() {
             return;
         }
-        match self.store.head(&path).await {
+        let store = &self.writes.uploader.client().objects;
+        match store.head(&path).await {
             // A local store removes the directories the delete leaves empty.
-            Ok(meta) if meta.e_tag == up.etag => match self.store.delete(&path).await {
+            Ok(meta) if meta.e_tag == up.etag => match store.delete(&path).await {
                 Ok(()) => {
                     tracing::info!(key = %up.key, "removed the object of a superseded upload");
                 }

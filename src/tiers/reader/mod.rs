@@ -296,6 +296,9 @@ impl TieredReader {
         file: &Arc<FileVersion>,
         index: u64,
     ) -> FsResult<Bytes> {
+        if tier == Tier::Vram {
+            return Err(no_gpu_tier());
+        }
         let key = ChunkKey {
             file: file.id,
             index,
@@ -304,23 +307,18 @@ impl TieredReader {
             Some(bytes) => bytes,
             None => self.start_load(file, key, None).await?,
         };
-        match tier {
-            Tier::Ram => self.ram.insert(key, bytes.clone()),
-            Tier::Nvme => {
-                if !self.nvme.has(&key) {
-                    let nvme = self.nvme.clone();
-                    let copy = bytes.clone();
-                    let written =
-                        run_blocking(move || nvme.write(&key, &copy, digest(&copy))).await?;
-                    if !written {
-                        return Err(FsError::NoSpace(format!(
-                            "no room on NVMe for chunk {index} of /{}",
-                            file.path
-                        )));
-                    }
-                }
+        if tier == Tier::Ram {
+            self.ram.insert(key, bytes.clone());
+        } else if !self.nvme.has(&key) {
+            let nvme = self.nvme.clone();
+            let copy = bytes.clone();
+            let written = run_blocking(move || nvme.write(&key, &copy, digest(&copy))).await?;
+            if !written {
+                return Err(FsError::NoSpace(format!(
+                    "no room on NVMe for chunk {index} of /{}",
+                    file.path
+                )));
             }
-            Tier::Vram => return Err(no_gpu_tier()),
         }
         Ok(bytes)
     }
