@@ -34,6 +34,14 @@ pub enum FsError {
     /// Local file I/O failed (cache files, staging files).
     #[error("local cache: {0}")]
     Io(#[source] Arc<io::Error>),
+    /// Local work failed for a reason that is not file I/O (a record that does
+    /// not decode, a task that stopped); what failed and its error are kept.
+    #[error("local cache: {what}: {}", error_chain(.source.as_ref()))]
+    Local {
+        what: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The metadata database failed.
     #[error("local cache: {0}")]
     Meta(#[source] Arc<rocksdb::Error>),
@@ -82,6 +90,7 @@ impl FsError {
             | FsError::Timeout(_)
             | FsError::Cache(_)
             | FsError::Io(_)
+            | FsError::Local { .. }
             | FsError::Meta(_)
             | FsError::Unlistable(_) => libc::EIO,
             FsError::ReadOnly => libc::EROFS,
@@ -96,6 +105,17 @@ impl FsError {
             FsError::Denied(_) => libc::EACCES,
             FsError::Busy(_) => libc::ETXTBSY,
         })
+    }
+
+    /// Local work described by `what` failed with `source`.
+    pub fn local(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> FsError {
+        FsError::Local {
+            what: what.into(),
+            source: Arc::new(source),
+        }
     }
 
     pub fn from_store(e: object_store::Error) -> FsError {
@@ -171,5 +191,19 @@ mod tests {
         let io = FsError::from(io::Error::from(io::ErrorKind::StorageFull));
         assert_eq!(io.errno().0, libc::EIO);
         assert!(std::error::Error::source(&io).is_some());
+    }
+
+    #[test]
+    fn local_failures_keep_what_failed_and_why() {
+        let bad = serde_json::from_slice::<u32>(b"{").unwrap_err();
+        let e = FsError::local("staged file 7: unreadable record", bad);
+        assert_eq!(e.errno().0, libc::EIO);
+        assert!(
+            e.to_string().starts_with("local cache: staged file 7"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("expected u32"), "{e}");
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(source.to_string().contains("expected u32"));
     }
 }

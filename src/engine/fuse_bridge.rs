@@ -270,3 +270,17 @@ impl FsEngine for FuseBridge {
         answer(reply, self.core.remove_xattr(ino, &name));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_absent_and_cannot_be_created() {
+        let bad = OsStr::from_bytes(b"caf\xe9");
+        assert_eq!(existing_name(bad).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(new_name(bad).unwrap_err().errno().0, libc::EINVAL);
+        assert_eq!(new_name(OsStr::new("café")).unwrap(), "café");
+    }
+}

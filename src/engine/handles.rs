@@ -11,7 +11,6 @@ use tierfs_policy::{ReadaheadState, page_cache_behind};
 
 use super::open_files::{OpenFile, OpenTarget, VersionHandle};
 use super::{EngineCore, NVME_SETTLE};
-use crate::model::chunk::ChunkLayout;
 
 use crate::error::{FsError, FsResult};
 
@@ -49,35 +48,16 @@ impl EngineCore {
         if !self.passthrough() {
             return Ok(None);
         }
-        let is_live = |b: &Backing| live.is_none_or(|id| id == b.identity);
-        // The NVMe hold taken with a memfd is what release gives back for any
-        // passthrough handle.
-        if let Some(file) = self.reader.ram().backing_file(version.id) {
+        let offered = self.reader.hold_whole_copy(version, nvme, |file| {
             let backing = Backing::new(file)?;
-            if is_live(&backing) {
-                self.reader.nvme().hold(version.id);
-                tracing::debug!(path = %version.path, "offering the RAM copy as backing file");
-                return Ok(Some(backing));
-            }
-        }
-        if !nvme {
-            return Ok(None);
-        }
-        let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-        let Some(file) = self.reader.nvme().hold_complete(version.id, layout)? else {
-            return Ok(None);
-        };
-        match Backing::new(file) {
-            Ok(backing) if is_live(&backing) => {
-                tracing::debug!(path = %version.path, "offering the NVMe copy as backing file");
-                Ok(Some(backing))
-            }
-            other => {
-                // Not offered after all: give the hold back.
-                self.reader.nvme().unhold(version.id);
-                Ok(other.map(|_| None)?)
-            }
-        }
+            Ok(live
+                .is_none_or(|id| id == backing.identity)
+                .then_some(backing))
+        })?;
+        Ok(offered.map(|(backing, tier)| {
+            tracing::debug!(path = %version.path, %tier, "offering a whole copy as backing file");
+            backing
+        }))
     }
 
     /// Registers a handle and decides whether the kernel serves it from a backing
@@ -135,7 +115,7 @@ impl EngineCore {
             return;
         };
         match &open.target {
-            OpenTarget::Version(reading) => self.reader.nvme().unhold(reading.version.id),
+            OpenTarget::Version(reading) => self.reader.end_whole_copy(reading.version.id),
             OpenTarget::Staged { staged, .. } => staged.drop_direct_handle(),
         }
         self.io_modes.passthrough_refused(open.ino);
@@ -169,14 +149,13 @@ impl EngineCore {
         // Kept in the page cache, the chunks need not wait for their NVMe copy
         // to leave RAM.
         let kept = self.kernel_cache.holds(ino, file.id);
-        let nvme = self.reader.nvme();
         let end = if kept {
             behind.end
         } else {
             behind
                 .clone()
                 .find(|&index| {
-                    !nvme.has(&ChunkKey {
+                    !self.reader.on_nvme(&ChunkKey {
                         file: file.id,
                         index,
                     })
@@ -191,7 +170,7 @@ impl EngineCore {
         {
             return None;
         }
-        self.reader.ram().let_go(file.id, from..end);
+        self.reader.let_go_of_ram(file.id, from..end);
         if kept {
             return None;
         }
@@ -256,7 +235,7 @@ impl EngineCore {
             "file closed"
         );
         if passthrough {
-            self.reader.nvme().unhold(version.id);
+            self.reader.end_whole_copy(version.id);
             return Released::default();
         }
         // The last handle read through tierfs: the kernel drops the page cache
@@ -277,7 +256,7 @@ impl EngineCore {
     /// tierfs filled is then not read again.
     fn next_open_passes_through(&self, ino: u64, version: &FileVersion) -> bool {
         self.passthrough()
-            && (self.reader.ram().holds_whole(version.id)
+            && (self.reader.whole_in_ram(version.id)
                 || (!self.kernel_cache.holds(ino, version.id)
                     && self.reader.nvme_whole_soon(version.id, version.size)))
     }
@@ -292,5 +271,50 @@ impl EngineCore {
         self.files
             .get(fh)
             .and_then(|open| open.read_version().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testing::{CHUNK, EngineFixture, errno};
+    use crate::model::tier::Tier;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_handle_is_ebadf_and_a_read_handle_is_not_writable() {
+        let f = EngineFixture::new();
+        f.put("a.bin", b"abc");
+        let fh = f.open("a.bin").await;
+        assert_eq!(errno(f.core.read(fh + 1, 0, 1).await), libc::EBADF);
+        assert_eq!(errno(f.core.writable_handle(fh + 1)), libc::EBADF);
+        assert_eq!(errno(f.core.writable_handle(fh)), libc::EBADF);
+        assert_eq!(f.core.handle_version(fh).unwrap().size, 3);
+        f.core.release(fh);
+        assert!(f.core.handle_version(fh).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_whole_on_nvme_is_offered_as_backing_file_and_held_while_open() {
+        let f = EngineFixture::with(|o| o.passthrough = true);
+        f.put("a.bin", &vec![3u8; (2 * CHUNK) as usize]);
+        // On NVMe without a read through tierfs, which would leave the file
+        // in the kernel's page cache instead.
+        let node = f.node("a.bin").await;
+        let version = f.core.version_of(&node).unwrap();
+        for index in 0..2 {
+            let reader = f.core.reader();
+            reader
+                .chunk_into(Tier::Nvme, &version, index)
+                .await
+                .unwrap();
+        }
+        let ino = node.ino;
+        let opened = f.core.open(ino, false, false).await.unwrap();
+        assert!(opened.backing.is_some(), "a whole NVMe copy passes through");
+        // Held while the kernel reads it: eviction passes it by.
+        f.core.reader().make_disk_room(0, u64::MAX / 2);
+        assert_eq!(f.core.reader().nvme_bytes_of(version.id), 2 * CHUNK);
+        f.core.release(opened.fh);
+        f.core.reader().make_disk_room(0, u64::MAX / 2);
+        assert_eq!(f.core.reader().nvme_bytes_of(version.id), 0);
     }
 }

@@ -22,7 +22,6 @@ use tierfs_fuse::KernelNotices;
 
 use super::page_cache::HandoverTicket;
 use super::{EngineCore, NVME_SETTLE};
-use crate::model::chunk::ChunkLayout;
 
 impl EngineCore {
     /// The mount is up: its kernel takes notices to drop page caches.
@@ -66,7 +65,7 @@ impl EngineCore {
         ticket: HandoverTicket,
     ) {
         // A file held whole in RAM passes through to its RAM copy instead.
-        if self.reader.ram().holds_whole(version.id) {
+        if self.reader.whole_in_ram(version.id) {
             return;
         }
         // The turn first: a handover waiting for it does not keep its file
@@ -77,9 +76,7 @@ impl EngineCore {
         self.reader
             .settle_nvme(version.id, version.size, NVME_SETTLE)
             .await;
-        let layout = ChunkLayout::new(self.options.chunk_size, version.size);
-        let nvme = self.reader.nvme();
-        let file = match nvme.hold_complete(version.id, layout) {
+        let file = match self.reader.hold_nvme_copy(version) {
             Ok(Some(file)) => file,
             Ok(None) => return,
             Err(e) => {
@@ -91,7 +88,7 @@ impl EngineCore {
         let loaded =
             tokio::task::spawn_blocking(move || core.load_page_cache(&file, size, ino, ticket))
                 .await;
-        nvme.unhold(version.id);
+        self.reader.end_whole_copy(version.id);
         match loaded {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return,
@@ -126,7 +123,7 @@ impl EngineCore {
         ticket: HandoverTicket,
     ) -> std::io::Result<bool> {
         let piece = self.options.chunk_size as usize;
-        let mut buf = self.reader.buffer_pool().take_brief(piece)?;
+        let mut buf = self.reader.brief_buffer()?;
         let mut offset = 0;
         while offset < size {
             if !self.kernel_cache.ticket_valid(ino, ticket) {

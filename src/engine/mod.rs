@@ -496,12 +496,12 @@ impl EngineCore {
 
     pub fn statfs(&self) -> StatFs {
         let bsize = 4096u64;
-        let nvme = self.reader.nvme();
-        let free = nvme
-            .budget()
-            .saturating_sub(nvme.used() + self.writes.dirty_bytes());
+        let disk = self.reader.disk_room();
+        let free = disk
+            .budget
+            .saturating_sub(disk.used + self.writes.dirty_bytes());
         StatFs {
-            blocks: nvme.budget() / bsize,
+            blocks: disk.budget / bsize,
             bfree: free / bsize,
             bavail: free / bsize,
             files: self.ns.node_count(),
@@ -512,10 +512,68 @@ impl EngineCore {
     }
 
     pub fn cache_file(&self, id: FileId) -> PathBuf {
-        self.reader.nvme().data_path(id)
+        self.reader.cache_file(id)
     }
 }
 
 fn node_name(node: &Node) -> String {
     node.path.rsplit('/').next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{CHUNK, EngineFixture, errno};
+    use crate::namespace::ROOT_INO;
+    use tierfs_fuse::FileKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_shows_files_and_directories_once_each() {
+        let f = EngineFixture::new();
+        f.put("m/a.bin", b"a");
+        f.put("m/s/b.bin", b"b");
+        let m = f.node("m").await;
+        let fh = f.core.opendir(m.ino).await.unwrap();
+        let mut entries: Vec<_> = f
+            .core
+            .readdir(fh)
+            .unwrap()
+            .iter()
+            .filter(|e| e.name != "." && e.name != "..")
+            .map(|e| (e.name.clone(), e.kind))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            entries,
+            [
+                ("a.bin".to_string(), FileKind::File),
+                ("s".to_string(), FileKind::Directory)
+            ]
+        );
+        f.core.releasedir(fh);
+        assert_eq!(errno(f.core.readdir(fh)), libc::EBADF);
+        assert_eq!(
+            errno(f.core.opendir(f.node("m/a.bin").await.ino).await),
+            libc::ENOTDIR
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statfs_counts_cached_and_written_bytes_against_the_cache_size() {
+        let f = EngineFixture::with(|o| o.cache_size = 64 * CHUNK);
+        let empty = f.core.statfs();
+        assert_eq!(empty.blocks * empty.bsize as u64, 64 * CHUNK);
+        let (_, staged) = f.core.create(ROOT_INO, "w").await.unwrap();
+        f.core
+            .write_staged(&staged, 0, &vec![0u8; (4 * CHUNK) as usize])
+            .unwrap();
+        let after = f.core.statfs();
+        assert_eq!((empty.bfree - after.bfree) * after.bsize as u64, 4 * CHUNK);
+        assert_eq!(
+            errno(f.core.open(ROOT_INO, false, false).await),
+            libc::EISDIR
+        );
+    }
 }

@@ -366,3 +366,60 @@ impl EngineCore {
         self.node(ino)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testing::{EngineFixture, errno};
+    use crate::namespace::ROOT_INO;
+    use tierfs_fuse::FileKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rename_of_a_directory_moves_every_object_below_it() {
+        let f = EngineFixture::new();
+        f.put("a/x.bin", b"x");
+        f.put("a/sub/y.bin", b"y");
+        f.node("a").await;
+        f.core.mkdir(ROOT_INO, "b").await.unwrap();
+        let b = f.node("b").await;
+        f.core
+            .rename(ROOT_INO, "a", b.ino, "moved", false)
+            .await
+            .unwrap();
+        assert_eq!(f.stored("b/moved/x.bin").unwrap(), b"x");
+        assert_eq!(f.stored("b/moved/sub/y.bin").unwrap(), b"y");
+        assert!(f.stored("a/x.bin").is_none());
+        assert_eq!(errno(f.core.lookup(ROOT_INO, "a").await), libc::ENOENT);
+        assert_eq!(f.node("b/moved/sub").await.kind, FileKind::Directory);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removing_answers_as_posix_says() {
+        let f = EngineFixture::new();
+        f.put("d/x.bin", b"x");
+        f.node("d").await;
+        assert_eq!(errno(f.core.rmdir(ROOT_INO, "d").await), libc::ENOTEMPTY);
+        assert_eq!(errno(f.core.unlink(ROOT_INO, "d").await), libc::EISDIR);
+        let d = f.node("d").await;
+        assert_eq!(errno(f.core.rmdir(d.ino, "x.bin").await), libc::ENOTDIR);
+        assert_eq!(errno(f.core.mkdir(ROOT_INO, "d").await), libc::EEXIST);
+        f.core.unlink(d.ino, "x.bin").await.unwrap();
+        assert!(f.stored("d/x.bin").is_none());
+        f.core.rmdir(ROOT_INO, "d").await.unwrap();
+        assert_eq!(errno(f.core.lookup(ROOT_INO, "d").await), libc::ENOENT);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_mount_changes_nothing() {
+        let f = EngineFixture::with(|o| o.read_only = true);
+        f.put("d/x.bin", b"x");
+        let d = f.node("d").await;
+        assert_eq!(errno(f.core.create(d.ino, "new").await), libc::EROFS);
+        assert_eq!(errno(f.core.mkdir(d.ino, "new").await), libc::EROFS);
+        assert_eq!(errno(f.core.unlink(d.ino, "x.bin").await), libc::EROFS);
+        assert_eq!(
+            errno(f.core.rename(d.ino, "x.bin", d.ino, "y", false).await),
+            libc::EROFS
+        );
+        assert_eq!(f.stored("d/x.bin").unwrap(), b"x");
+    }
+}

@@ -1,7 +1,6 @@
 //! What the kernel's page cache of each tierfs file holds of the bytes that
 //! reads through tierfs gave it.
 
-use crate::model::version::ChunkKey;
 use crate::model::version::FileId;
 use crate::model::version::FileVersion;
 use std::collections::HashMap;
@@ -11,10 +10,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::EngineCore;
-use crate::model::chunk::ChunkLayout;
 
 use crate::error::FsResult;
-use crate::io::blocking::run_blocking;
 
 /// Inodes whose page cache in the kernel holds what reads through tierfs
 /// filled it with, and the version those reads were of.
@@ -164,20 +161,9 @@ impl EngineCore {
         offset: u64,
         size: u32,
     ) -> FsResult<Option<Bytes>> {
-        let len = u64::from(size).min(file.size.saturating_sub(offset));
-        let layout = ChunkLayout::new(self.options.chunk_size, file.size);
-        let ram = self.reader.ram();
-        let in_ram = layout.slices(offset, len).iter().all(|slice| {
-            ram.contains(&ChunkKey {
-                file: file.id,
-                index: slice.index,
-            })
-        });
-        if in_ram {
-            return self.reader.read(file, offset, len).await.map(Some);
-        }
-        let (reader, id) = (self.reader.clone(), file.id);
-        run_blocking(move || reader.nvme().read_checked_range(id, offset, len)).await
+        self.reader
+            .read_resident(file, offset, u64::from(size))
+            .await
     }
 }
 

@@ -146,3 +146,53 @@ impl EngineCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::engine::testing::{CHUNK, EngineFixture};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sequential_reader_fetches_ahead_and_a_seek_resets_the_window() {
+        let f = EngineFixture::with(|o| o.prefetch_max = 4);
+        let data: Vec<u8> = (0..16 * CHUNK).map(|i| (i % 253) as u8).collect();
+        f.put("s.bin", &data);
+        let fh = f.open("s.bin").await;
+        let piece = (CHUNK / 2) as u32;
+        for step in 0..8 {
+            let offset = step * piece as u64;
+            let got = f.core.read(fh, offset, piece).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &data[offset as usize..(offset + piece as u64) as usize]
+            );
+        }
+        let stats = &f.core.reader().stats;
+        assert!(stats.prefetched.load(Ordering::Relaxed) > 0);
+        let resets = f.core.stats.readahead_resets.load(Ordering::Relaxed);
+        let got = f.core.read(fh, 12 * CHUNK, 10).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[12 * CHUNK as usize..12 * CHUNK as usize + 10]
+        );
+        assert_eq!(
+            f.core.stats.readahead_resets.load(Ordering::Relaxed),
+            resets + 1
+        );
+        f.core.release(fh);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_prefetch_only_the_chunks_read_are_fetched() {
+        let f = EngineFixture::with(|o| o.prefetch_max = 0);
+        f.put("s.bin", &vec![1u8; (8 * CHUNK) as usize]);
+        let fh = f.open("s.bin").await;
+        f.core.read(fh, 0, CHUNK as u32).await.unwrap();
+        f.core.read(fh, CHUNK, CHUNK as u32).await.unwrap();
+        let stats = &f.core.reader().stats;
+        assert_eq!(stats.store_fetches.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.prefetched.load(Ordering::Relaxed), 0);
+        f.core.release(fh);
+    }
+}

@@ -246,16 +246,10 @@ impl EngineCore {
         });
     }
 
-    /// Evicts clean cached chunks when staged bytes growing by `growth` would
-    /// push the cache past its size; a cheap sum decides before any eviction.
+    /// Makes disk room for staged bytes growing by `growth`.
     pub(crate) fn room_on_nvme(&self, growth: u64) {
-        let nvme = self.reader().nvme();
-        if nvme.used() + self.writes().dirty_bytes() + growth <= nvme.budget() {
-            return;
-        }
-        if let Err(e) = nvme.make_room(growth) {
-            tracing::warn!("evicting cached chunks for written data failed: {e}");
-        }
+        self.reader()
+            .make_disk_room(self.writes().dirty_bytes(), growth);
     }
 
     /// Waits up to `dirty_wait` for uploads to make room, then writes.
@@ -444,5 +438,42 @@ impl EngineCore {
             tokio::spawn(async move { uploader.abort_recorded(&key, &sealed).await });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testing::{CHUNK, EngineFixture, errno};
+    use crate::namespace::ROOT_INO;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_fsynced_file_is_in_the_store_and_reads_back() {
+        let f = EngineFixture::new();
+        let data: Vec<u8> = (0..3 * CHUNK + 5).map(|i| (i % 251) as u8).collect();
+        let node = f.write_file(ROOT_INO, "w.bin", &data).await;
+        assert_eq!(f.stored("w.bin").unwrap(), data);
+        assert_eq!(node.size, data.len() as u64);
+        assert_eq!(f.core.dirty_bytes(), 0);
+        let fh = f.open("w.bin").await;
+        let got = f.core.read(fh, CHUNK - 2, 4).await.unwrap();
+        assert_eq!(&got[..], &data[CHUNK as usize - 2..CHUNK as usize + 2]);
+        f.core.release(fh);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_past_the_cache_size_wait_with_enospc() {
+        let f = EngineFixture::with(|o| o.cache_size = 4 * CHUNK);
+        let (node, staged) = f.core.create(ROOT_INO, "big").await.unwrap();
+        f.core
+            .write_staged(&staged, 0, &vec![1u8; (3 * CHUNK) as usize])
+            .unwrap();
+        let more = f
+            .core
+            .write_staged(&staged, 3 * CHUNK, &vec![1u8; (2 * CHUNK) as usize]);
+        assert_eq!(errno(more), libc::ENOSPC);
+        // Nothing of the refused write shows.
+        assert_eq!(f.core.node(node.ino).unwrap().size, 3 * CHUNK);
+        f.core.truncate_staged(&staged, CHUNK).unwrap();
+        assert_eq!(f.core.node(node.ino).unwrap().size, CHUNK);
     }
 }

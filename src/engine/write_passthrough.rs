@@ -104,7 +104,7 @@ impl EngineCore {
         };
         let version = self.version_of(node)?;
         let (id, path) = self.writes().staging.reserve();
-        if !self.reader().nvme().surrender(version.id, live, &path)? {
+        if !self.reader().surrender_nvme_copy(version.id, live, &path)? {
             return Err(backing_in_use(node.ino));
         }
         let file = self.writes().staging.open_file(id)?;

@@ -141,11 +141,11 @@ impl EngineCore {
         // Only looks: the version is bound when the file is opened.
         let id = self.file_id(node);
         let ram = self.reader().ram_bytes_of(id, node.size);
-        let nvme = self.reader().nvme().bytes_of(id);
+        let nvme = self.reader().nvme_bytes_of(id);
         // A pin's progress: the share of the file in its tier and held there.
         let pin = self.manager().pins.effective(&node.path).map(|(_, tier)| {
             let held = match tier {
-                Tier::Ram if self.reader().ram().hold_of(id).is_some() => ram,
+                Tier::Ram if self.reader().ram_held(id) => ram,
                 Tier::Nvme if self.pin_holds_nvme(&node.path, id) => nvme,
                 _ => 0,
             };
@@ -192,5 +192,73 @@ impl EngineCore {
             .lock()
             .get(key)
             .is_some_and(|f| f.nvme_held && f.version.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::{CHUNK, EngineFixture, errno};
+    use crate::namespace::ROOT_INO;
+
+    fn names(list: Vec<u8>) -> Vec<String> {
+        list.split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8(n.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_written_file_lists_its_digest_and_reports_its_tiers() {
+        let f = EngineFixture::new();
+        let data = vec![7u8; (2 * CHUNK) as usize];
+        let node = f.write_file(ROOT_INO, "w.bin", &data).await;
+        let list = names(f.core.list_xattr(node.ino).unwrap());
+        assert_eq!(list, [TIER, DIGEST]);
+        let digest = f.core.get_xattr(node.ino, DIGEST).await.unwrap();
+        let expected = format!("{:032x}", crate::model::digest::digest(&data));
+        assert_eq!(String::from_utf8(digest).unwrap(), expected);
+        let tier = String::from_utf8(f.core.get_xattr(node.ino, TIER).await.unwrap()).unwrap();
+        assert!(tier.contains("store 100%"), "{tier}");
+        assert_eq!(names(f.core.list_xattr(ROOT_INO).unwrap()), [CONTROL]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_names_and_values_fail_with_their_errno_and_change_nothing() {
+        let f = EngineFixture::new();
+        f.put("m/a.bin", b"abc");
+        let node = f.node("m/a.bin").await;
+        assert_eq!(
+            errno(f.core.set_xattr(node.ino, PIN, b"disk").await),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno(f.core.set_xattr(node.ino, TIER, b"ram").await),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno(f.core.set_xattr(node.ino, "user.x", b"1").await),
+            libc::ENOTSUP
+        );
+        assert_eq!(errno(f.core.get_xattr(node.ino, PIN).await), libc::ENODATA);
+        assert_eq!(
+            errno(f.core.get_xattr(node.ino, "user.x").await),
+            libc::ENODATA
+        );
+        assert_eq!(errno(f.core.remove_xattr(node.ino, DIGEST)), libc::EINVAL);
+        assert!(f.core.manager().pins.effective("m/a.bin").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pin_on_a_directory_applies_below_it_until_removed() {
+        let f = EngineFixture::new();
+        f.put("m/a.bin", b"abc");
+        let dir = f.node("m").await;
+        f.core.set_xattr(dir.ino, PIN, b"nvme").await.unwrap();
+        let file = f.node("m/a.bin").await;
+        assert_eq!(f.core.get_xattr(file.ino, PIN).await.unwrap(), b"nvme");
+        assert!(names(f.core.list_xattr(file.ino).unwrap()).contains(&PIN.to_string()));
+        f.core.remove_xattr(dir.ino, PIN).unwrap();
+        assert_eq!(errno(f.core.get_xattr(file.ino, PIN).await), libc::ENODATA);
     }
 }

@@ -13,6 +13,6 @@ where
 {
     let done = tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| FsError::Cache(format!("a blocking task stopped: {e}")))?;
+        .map_err(|e| FsError::local("a blocking task stopped", e))?;
     Ok(done?)
 }

@@ -70,7 +70,7 @@ fn encode(record: &StagedRecord) -> Vec<u8> {
 
 fn decode(id: u64, bytes: &[u8]) -> FsResult<StagedRecord> {
     serde_json::from_slice(bytes)
-        .map_err(|e| FsError::Cache(format!("staged file {id}: unreadable record: {e}")))
+        .map_err(|e| FsError::local(format!("staged file {id}: unreadable record"), e))
 }
 
 pub struct WriteRegistry {

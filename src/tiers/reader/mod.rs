@@ -20,7 +20,10 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod fetch;
+mod local_copies;
 mod nvme_settle;
+
+pub use local_copies::DiskRoom;
 
 use crate::io::chunk_buffer::{BufferPool, ChunkBuffer};
 use crate::model::chunk::ChunkLayout;
@@ -257,7 +260,7 @@ impl TieredReader {
             .clone()
             .acquire_many_owned(self.permits_for(self.buffers.brief_footprint(total) as u64))
             .await
-            .map_err(|e| FsError::Cache(e.to_string()))?;
+            .map_err(|e| FsError::local("waiting for read memory", e))?;
         let mut buffer = self.buffers.take_brief(total)?;
         for (slice, chunk) in slices.iter().zip(&chunks) {
             buffer
@@ -378,7 +381,7 @@ impl TieredReader {
                         .clone()
                         .acquire_many_owned(this.permits_for(len))
                         .await
-                        .map_err(|e| FsError::Cache(e.to_string()))?,
+                        .map_err(|e| FsError::local("waiting for chunk memory", e))?,
                 };
                 this.load(&file, key, len, permit).await
             }
