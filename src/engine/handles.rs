@@ -1,6 +1,7 @@
 //! Open handles: the files behind them, whether the kernel serves each from a
 //! backing file, and what closing one leaves to do.
 
+use crate::model::tier::Tier;
 use crate::model::version::ChunkKey;
 use crate::model::version::FileVersion;
 use std::sync::Arc;
@@ -55,7 +56,14 @@ impl EngineCore {
                 .then_some(backing))
         })?;
         Ok(offered.map(|(backing, tier)| {
-            tracing::debug!(path = %version.path, %tier, "offering a whole copy as backing file");
+            match tier {
+                Tier::Ram => {
+                    tracing::debug!(path = %version.path, "offering the RAM copy as backing file")
+                }
+                _ => {
+                    tracing::debug!(path = %version.path, "offering the NVMe copy as backing file")
+                }
+            }
             backing
         }))
     }
