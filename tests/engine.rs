@@ -367,6 +367,7 @@ async fn chunks_landing_while_a_read_waits_make_room_for_the_next() {
             objects: held.clone(),
             multipart: None,
             local_root: None,
+            metadata: None,
         },
         store_id: "held-back".into(),
         cache_dir: cache.path().to_path_buf(),

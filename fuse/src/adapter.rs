@@ -8,19 +8,19 @@ use std::time::SystemTime;
 use std::sync::Arc;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::debug_span;
 
 use crate::engine::{
-    AttrChange, DirEntry, Entry, FileKind, Flushed, FsEngine, OpenMode, Opened, ReadData, Released,
+    AttrChange, Creator, DirEntry, Entry, Flushed, FsEngine, OpenMode, Opened, ReadData, Released,
     StatFs,
 };
 use crate::passthrough::Passthrough;
-use crate::replies::{ErrorReply, answer, errno, file_attr, reply_xattr, time};
+use crate::replies::{ErrorReply, answer, errno, file_attr, file_type, reply_xattr, time};
 
 /// The kernel's requests for one mount, handed to the engine.
 pub(crate) struct FuseAdapter<E> {
@@ -127,10 +127,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
                     // Offsets are positions in the snapshot taken at opendir, so a
                     // listing read in many calls is consistent.
                     for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-                        let kind = match entry.kind {
-                            FileKind::File => FileType::RegularFile,
-                            FileKind::Directory => FileType::Directory,
-                        };
+                        let kind = file_type(entry.kind);
                         if reply.add(INodeNo(entry.ino), (i + 1) as u64, kind, &entry.name) {
                             break;
                         }
@@ -349,9 +346,9 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -363,6 +360,11 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         let change = AttrChange {
             size,
             mtime: mtime.map(time),
+            atime: atime.map(time),
+            ctime,
+            mode,
+            uid,
+            gid,
         };
         self.engine.setattr(
             ino.0,
@@ -376,17 +378,18 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _span = debug_span!("mkdir", parent = parent.0, ?name).entered();
+        let _span = debug_span!("mkdir", parent = parent.0, ?name, mode).entered();
         self.engine.mkdir(
             parent.0,
             name,
+            creator(req, mode),
             answer(reply, |reply: ReplyEntry, e: Entry| {
                 reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0))
             }),
@@ -447,20 +450,21 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
+        mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let _span = debug_span!("create", parent = parent.0, ?name).entered();
+        let _span = debug_span!("create", parent = parent.0, ?name, mode).entered();
         let passthrough = self.passthrough.clone();
         let engine_refusal = self.engine_refusal();
         self.engine.create(
             parent.0,
             name,
+            creator(req, mode),
             answer(
                 reply,
                 move |reply: ReplyCreate, (e, opened): (Entry, Opened)| {
@@ -511,14 +515,32 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
-        _target: &std::path::Path,
+        target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let _span = debug_span!("symlink", parent = parent.0, ?link_name).entered();
-        reply.fail(errno(self.engine.unsupported("symbolic links")))
+        let _span = debug_span!("symlink", parent = parent.0, ?link_name, ?target).entered();
+        self.engine.symlink(
+            parent.0,
+            link_name,
+            target,
+            creator(req, 0o777),
+            answer(reply, |reply: ReplyEntry, e: Entry| {
+                reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0))
+            }),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = debug_span!("readlink", ino = ino.0).entered();
+        self.engine.readlink(
+            ino.0,
+            answer(reply, |reply: ReplyData, target: Vec<u8>| {
+                reply.data(&target)
+            }),
+        );
     }
 
     fn mknod(
@@ -561,5 +583,14 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
             name,
             answer(reply, |reply: ReplyEmpty, ()| reply.ok()),
         );
+    }
+}
+
+/// The caller of a creating request, and the permission bits it asks for.
+fn creator(req: &Request, mode: u32) -> Creator {
+    Creator {
+        uid: req.uid(),
+        gid: req.gid(),
+        mode: mode & 0o7777,
     }
 }

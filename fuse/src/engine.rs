@@ -26,6 +26,7 @@ pub fn reply_fn<T>(f: impl FnOnce(Result<T, Errno>) + Send + 'static) -> Reply<T
 pub enum FileKind {
     File,
     Directory,
+    Symlink,
 }
 
 /// Attributes of one inode.
@@ -35,9 +36,19 @@ pub struct Attr {
     pub kind: FileKind,
     pub size: u64,
     pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Who makes a new inode, and its permission bits (the umask applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creator {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// The answer to a lookup: attributes plus how long the kernel may trust them.
@@ -161,6 +172,13 @@ pub struct OpenMode {
 pub struct AttrChange {
     pub size: Option<u64>,
     pub mtime: Option<SystemTime>,
+    pub atime: Option<SystemTime>,
+    pub ctime: Option<SystemTime>,
+    /// chmod: the permission bits.
+    pub mode: Option<u32>,
+    /// chown: the new owner and group.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// Notices the engine sends the kernel on its own, outside any request.
@@ -183,12 +201,22 @@ pub trait FsEngine: Send + Sync + 'static {
     fn open(&self, ino: u64, mode: OpenMode, reply: Reply<Opened>);
     /// Creates a file (or truncates one the kernel did not know) and opens it
     /// for writing.
-    fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>);
+    fn create(&self, parent: u64, name: &OsStr, creator: Creator, reply: Reply<(Entry, Opened)>);
     fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], reply: Reply<u32>);
     /// `fh` is the handle the change came through, when it came through one.
     fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>);
     fn fsync(&self, ino: u64, fh: u64, reply: Reply<()>);
-    fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>);
+    fn mkdir(&self, parent: u64, name: &OsStr, creator: Creator, reply: Reply<Entry>);
+    /// Makes a symbolic link `name` to `target`, which the engine never follows.
+    fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        creator: Creator,
+        reply: Reply<Entry>,
+    );
+    fn readlink(&self, ino: u64, reply: Reply<Vec<u8>>);
     fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>);
     fn rmdir(&self, parent: u64, name: &OsStr, reply: Reply<()>);
     /// `no_replace`: RENAME_NOREPLACE, fail when the target exists.
@@ -201,8 +229,8 @@ pub trait FsEngine: Send + Sync + 'static {
         no_replace: bool,
         reply: Reply<()>,
     );
-    /// The errno for an operation tierfs does not offer (hard links, symlinks,
-    /// device nodes), logged once per kind.
+    /// The errno for an operation tierfs does not offer (hard links, device
+    /// nodes, fifos), logged once per kind.
     fn unsupported(&self, what: &'static str) -> Errno;
     fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: Reply<ReadData>);
     /// A file descriptor of the handle is closed; close(2) waits for the reply.

@@ -13,7 +13,7 @@ mod replies;
 mod session;
 
 pub use engine::{
-    Attr, AttrChange, Backing, DirEntry, Entry, Errno, FileIdentity, FileKind, Flushed, FsEngine,
-    KernelNotices, OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
+    Attr, AttrChange, Backing, Creator, DirEntry, Entry, Errno, FileIdentity, FileKind, Flushed,
+    FsEngine, KernelNotices, OpenMode, Opened, ReadData, Released, Reply, StatFs, reply_fn,
 };
 pub use session::{MountConfig, MountedSession, mount};

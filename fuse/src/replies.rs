@@ -14,18 +14,24 @@ pub(crate) fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
-pub(crate) fn file_attr(attr: &Attr) -> FileAttr {
-    let kind = match attr.kind {
+/// fuser's name for a kind of inode.
+pub(crate) fn file_type(kind: FileKind) -> FileType {
+    match kind {
         FileKind::File => FileType::RegularFile,
         FileKind::Directory => FileType::Directory,
-    };
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+pub(crate) fn file_attr(attr: &Attr) -> FileAttr {
+    let kind = file_type(attr.kind);
     FileAttr {
         ino: INodeNo(attr.ino),
         size: attr.size,
         blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
+        atime: attr.atime,
         mtime: attr.mtime,
-        ctime: attr.mtime,
+        ctime: attr.ctime,
         crtime: attr.mtime,
         kind,
         perm: attr.perm,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tierfs_fuse::{
-    AttrChange, DirEntry, Entry, Errno, Flushed, FsEngine, KernelNotices, OpenMode, Opened,
-    ReadData, Released, Reply, StatFs,
+    AttrChange, Creator, DirEntry, Entry, Errno, Flushed, FsEngine, KernelNotices, OpenMode,
+    Opened, ReadData, Released, Reply, StatFs,
 };
 use tracing::Instrument;
 
@@ -106,7 +106,14 @@ impl FsEngine for FuseBridge {
     }
 
     fn getattr(&self, ino: u64, reply: Reply<Entry>) {
-        answer(reply, self.core.node(ino).map(|n| self.core.entry(&n)));
+        match self.core.node(ino) {
+            // A version whose record is not read yet: read it first.
+            Ok(node) if !node.posix_known => self.spawn("getattr", reply, |core| async move {
+                let node = core.with_posix(node).await?;
+                Ok(core.entry(&node))
+            }),
+            found => answer(reply, found.map(|n| self.core.entry(&n))),
+        }
     }
 
     fn opendir(&self, ino: u64, reply: Reply<u64>) {
@@ -131,10 +138,10 @@ impl FsEngine for FuseBridge {
         });
     }
 
-    fn create(&self, parent: u64, name: &OsStr, reply: Reply<(Entry, Opened)>) {
+    fn create(&self, parent: u64, name: &OsStr, creator: Creator, reply: Reply<(Entry, Opened)>) {
         let name = new_name(name);
         self.spawn("create", reply, |core| async move {
-            let (node, staged) = core.create(parent, &name?).await?;
+            let (node, staged) = core.create(parent, &name?, creator).await?;
             let opened = core.add_staged_handle(node.ino, staged, true)?;
             Ok((core.entry(&node), opened))
         });
@@ -160,7 +167,7 @@ impl FsEngine for FuseBridge {
 
     fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>) {
         self.spawn("setattr", reply, |core| async move {
-            let node = core.setattr(ino, fh, change.size, change.mtime).await?;
+            let node = core.setattr(ino, fh, change).await?;
             Ok(core.entry(&node))
         });
     }
@@ -169,12 +176,36 @@ impl FsEngine for FuseBridge {
         self.spawn("fsync", reply, |core| async move { core.fsync(fh).await });
     }
 
-    fn mkdir(&self, parent: u64, name: &OsStr, reply: Reply<Entry>) {
+    fn mkdir(&self, parent: u64, name: &OsStr, creator: Creator, reply: Reply<Entry>) {
         let name = new_name(name);
         self.spawn("mkdir", reply, |core| async move {
-            let node = core.mkdir(parent, &name?).await?;
+            let node = core.mkdir(parent, &name?, creator).await?;
             Ok(core.entry(&node))
         });
+    }
+
+    fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        creator: Creator,
+        reply: Reply<Entry>,
+    ) {
+        let name = new_name(name);
+        let target = new_name(target.as_os_str());
+        self.spawn("symlink", reply, |core| async move {
+            let node = core.symlink(parent, &name?, &target?, creator).await?;
+            Ok(core.entry(&node))
+        });
+    }
+
+    fn readlink(&self, ino: u64, reply: Reply<Vec<u8>>) {
+        self.spawn(
+            "readlink",
+            reply,
+            |core| async move { core.readlink(ino).await },
+        );
     }
 
     fn unlink(&self, parent: u64, name: &OsStr, reply: Reply<()>) {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 
 use crate::store::StoreClient;
 use crate::write::path::WriteSide;
@@ -40,6 +40,7 @@ use crate::tiers::nvme::NvmeTier;
 use crate::tiers::reader::TieredReader;
 use tierfs_policy::PlanConfig;
 
+pub mod attributes;
 pub mod fuse_bridge;
 mod handles;
 mod handover;
@@ -262,25 +263,32 @@ impl EngineCore {
         &self.reader
     }
 
+    /// What `stat` shows: the node's POSIX record where it has one, the
+    /// mount's defaults where not.
     pub fn entry(&self, node: &Node) -> Entry {
         let (perm, size) = match node.kind {
             FileKind::Directory => (0o755, 0),
             FileKind::File => (0o644, self.direct_size(node).unwrap_or(node.size)),
+            FileKind::Symlink => (0o777, node.size),
         };
+        let perm = node.posix.perm().unwrap_or(perm);
         let perm = if self.options.read_only {
-            perm & 0o555
+            perm & 0o7555
         } else {
             perm
         };
+        let mtime = node.posix.mtime.unwrap_or(node.mtime);
         Entry {
             attr: Attr {
                 ino: node.ino,
                 kind: node.kind,
                 size,
-                mtime: node.mtime,
+                mtime,
+                atime: node.posix.atime.unwrap_or(mtime),
+                ctime: node.posix.ctime.unwrap_or(mtime),
                 perm,
-                uid: self.uid,
-                gid: self.gid,
+                uid: node.posix.uid.unwrap_or(self.uid),
+                gid: node.posix.gid.unwrap_or(self.gid),
             },
             ttl: self.ns.ttl(),
         }
@@ -330,11 +338,19 @@ impl EngineCore {
 
     pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Node> {
         let dir = self.dir_node(parent)?;
-        if let Some(found) = self.ns.fresh_child(parent, name) {
-            return found.ok_or(FsError::NotFound);
+        if name.len() > crate::namespace::MAX_NAME {
+            return Err(FsError::NameTooLong);
         }
-        self.list(&dir).await?;
-        self.ns.listed_child(parent, name).ok_or(FsError::NotFound)
+        let node = match self.ns.fresh_child(parent, name) {
+            Some(found) => found.ok_or(FsError::NotFound)?,
+            None => {
+                self.list(&dir).await?;
+                self.ns
+                    .listed_child(parent, name)
+                    .ok_or(FsError::NotFound)?
+            }
+        };
+        self.with_posix(node).await
     }
 
     /// Lists a directory (from the cache while fresh) and returns a handle to the
@@ -386,8 +402,21 @@ impl EngineCore {
             .is_none()
         {
             let path = object_path(&node.path)?;
-            match self.store.head(&path).await {
-                Ok(meta) => node = self.ns.refresh_file(ino, &meta).unwrap_or(node),
+            let head = object_store::GetOptions {
+                head: true,
+                ..object_store::GetOptions::default()
+            };
+            match self.store.get_opts(&path, head).await {
+                Ok(got) => {
+                    node = self.ns.refresh_file(ino, &got.meta).unwrap_or(node);
+                    // The same HEAD carries the object's POSIX record.
+                    let posix = crate::store::posix_metadata::posix_of(&got.attributes);
+                    if self.options.posix_metadata && self.uploader().client().local_root.is_none()
+                    {
+                        let etag = got.meta.e_tag.as_deref();
+                        node = self.ns.set_posix(ino, etag, posix).unwrap_or(node);
+                    }
+                }
                 Err(object_store::Error::NotFound { .. }) => {
                     self.ns.invalidate(node.parent);
                     return Err(FsError::NotFound);
@@ -525,7 +554,7 @@ pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{CHUNK, EngineFixture, errno};
+    use super::testing::{CHUNK, EngineFixture, ME, errno};
     use crate::namespace::ROOT_INO;
     use tierfs_fuse::FileKind;
 
@@ -565,7 +594,7 @@ mod tests {
         let f = EngineFixture::with(|o| o.cache_size = 64 * CHUNK);
         let empty = f.core.statfs();
         assert_eq!(empty.blocks * empty.bsize as u64, 64 * CHUNK);
-        let (_, staged) = f.core.create(ROOT_INO, "w").await.unwrap();
+        let (_, staged) = f.core.create(ROOT_INO, "w", ME).await.unwrap();
         f.core
             .write_staged(&staged, 0, &vec![0u8; (4 * CHUNK) as usize])
             .unwrap();

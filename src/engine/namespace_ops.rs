@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use tierfs_fuse::FileKind;
+use tierfs_fuse::{Creator, FileKind};
 
 use crate::engine::EngineCore;
+use crate::engine::attributes::{created_by, new_key};
 use crate::error::{FsError, FsResult};
-use crate::namespace::{Node, valid_name};
+use crate::model::posix::{S_IFDIR, S_IFREG};
+use crate::namespace::Node;
 use crate::write::path::StagedFile;
 use crate::write::registry::{SealedUpload, StagedRecord};
 use crate::write::staging::seal_digests;
@@ -29,10 +31,18 @@ impl EngineCore {
     }
 
     /// Creates (or truncates) a file; it is staged until uploaded.
-    pub async fn create(&self, parent: u64, name: &str) -> FsResult<(Node, Arc<StagedFile>)> {
+    /// Creates (or truncates) a file; it is staged until uploaded. A new file
+    /// is `creator`'s, with its mode; an existing one keeps its own.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        creator: Creator,
+    ) -> FsResult<(Node, Arc<StagedFile>)> {
         self.writable()?;
-        valid_name(name)?;
         let dir = self.dir_node(parent)?;
+        let key = new_key(&dir, name)?;
+        let mut posix = created_by(creator, S_IFREG);
         if let Some(existing) = self.child(parent, name).await? {
             if existing.kind == FileKind::Directory {
                 return Err(FsError::IsADirectory);
@@ -40,9 +50,10 @@ impl EngineCore {
             if let Some(id) = existing.staged {
                 self.drop_staged(id)?;
             }
+            posix = existing.posix;
         }
-        let key = crate::namespace::join(&dir.path, name);
         let node = self.ns().add_local(parent, name, FileKind::File, None, 0)?;
+        self.ns().update(node.ino, |n| n.posix = posix);
         let staged = self.stage_new(node.ino, &key, None).await?;
         // A new file cannot have been uploaded yet.
         self.add_writer(&staged);
@@ -53,18 +64,22 @@ impl EngineCore {
         Ok((node, staged))
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Node> {
+    /// Makes a directory; its mode and owner are kept in this mount's memory.
+    pub async fn mkdir(&self, parent: u64, name: &str, creator: Creator) -> FsResult<Node> {
         self.writable()?;
-        valid_name(name)?;
         let dir = self.dir_node(parent)?;
+        let key = new_key(&dir, name)?;
         if self.child(parent, name).await?.is_some() {
             return Err(FsError::Exists);
         }
-        self.writes()
-            .registry
-            .put_dir(&crate::namespace::join(&dir.path, name))?;
+        self.writes().registry.put_dir(&key)?;
+        let node = self
+            .ns()
+            .add_local(parent, name, FileKind::Directory, None, 0)?;
+        let posix = created_by(creator, S_IFDIR);
         self.ns()
-            .add_local(parent, name, FileKind::Directory, None, 0)
+            .update(node.ino, |n| n.posix = posix)
+            .ok_or(FsError::NotFound)
     }
 
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -122,10 +137,9 @@ impl EngineCore {
         no_replace: bool,
     ) -> FsResult<()> {
         self.writable()?;
-        valid_name(new_name)?;
         let node = self.child(parent, name).await?.ok_or(FsError::NotFound)?;
         let target_dir = self.dir_node(new_parent)?;
-        let new_path = crate::namespace::join(&target_dir.path, new_name);
+        let new_path = new_key(&target_dir, new_name)?;
         if new_path == node.path {
             return Ok(());
         }
@@ -138,17 +152,18 @@ impl EngineCore {
             if no_replace {
                 return Err(FsError::Exists);
             }
-            match (node.kind, target.kind) {
-                (FileKind::File, FileKind::Directory) => return Err(FsError::IsADirectory),
-                (FileKind::Directory, FileKind::File) => return Err(FsError::NotADirectory),
-                (FileKind::Directory, FileKind::Directory) => {
+            let is_dir = |kind| kind == FileKind::Directory;
+            match (is_dir(node.kind), is_dir(target.kind)) {
+                (false, true) => return Err(FsError::IsADirectory),
+                (true, false) => return Err(FsError::NotADirectory),
+                (true, true) => {
                     self.ns().invalidate(target.ino);
                     if !self.is_empty_dir(&target).await? {
                         return Err(FsError::NotEmpty);
                     }
                     self.writes().registry.delete_dir(&target.path)?;
                 }
-                (FileKind::File, FileKind::File) => {
+                (false, false) => {
                     // Readers of the replaced file keep its bytes.
                     self.kept().keep_for_readers(&target.path).await;
                     if let Some(id) = target.staged {
@@ -158,10 +173,8 @@ impl EngineCore {
             }
             self.ns().remove_child(new_parent, new_name);
         }
-        match node.kind {
-            FileKind::File => self.move_objects(&node.path, &new_path, false).await?,
-            FileKind::Directory => self.move_objects(&node.path, &new_path, true).await?,
-        }
+        let tree = node.kind == FileKind::Directory;
+        self.move_objects(&node.path, &new_path, tree).await?;
         self.ns().rename(node.ino, new_parent, new_name)?;
         Ok(())
     }
@@ -331,45 +344,9 @@ fn moves(key: &str, from: &str, tree: bool) -> bool {
     }
 }
 
-impl EngineCore {
-    /// Changes the size (truncate) or the modification time. Modes and owners
-    /// are not kept: every file shows the mount's owner and mode.
-    pub async fn setattr(
-        self: &Arc<Self>,
-        ino: u64,
-        fh: Option<u64>,
-        size: Option<u64>,
-        mtime: Option<std::time::SystemTime>,
-    ) -> FsResult<Node> {
-        let node = self.node(ino)?;
-        if let Some(size) = size {
-            self.writable()?;
-            if node.kind == FileKind::Directory {
-                return Err(FsError::IsADirectory);
-            }
-            match fh.and_then(|fh| self.writable_handle(fh).ok()) {
-                Some(staged) => self.truncate_staged(&staged, size)?,
-                None => {
-                    // truncate(2) by path: stage, change, and seal on release.
-                    let opened = self.open(ino, true, size == 0).await?;
-                    let result = self
-                        .writable_handle(opened.fh)
-                        .and_then(|staged| self.truncate_staged(&staged, size));
-                    self.release(opened.fh);
-                    result?;
-                }
-            }
-        }
-        if let Some(mtime) = mtime {
-            self.ns().update(ino, |n| n.mtime = mtime);
-        }
-        self.node(ino)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::engine::testing::{EngineFixture, errno};
+    use crate::engine::testing::{EngineFixture, ME, errno};
     use crate::namespace::ROOT_INO;
     use tierfs_fuse::FileKind;
 
@@ -379,7 +356,7 @@ mod tests {
         f.put("a/x.bin", b"x");
         f.put("a/sub/y.bin", b"y");
         f.node("a").await;
-        f.core.mkdir(ROOT_INO, "b").await.unwrap();
+        f.core.mkdir(ROOT_INO, "b", ME).await.unwrap();
         let b = f.node("b").await;
         f.core
             .rename(ROOT_INO, "a", b.ino, "moved", false)
@@ -401,7 +378,7 @@ mod tests {
         assert_eq!(errno(f.core.unlink(ROOT_INO, "d").await), libc::EISDIR);
         let d = f.node("d").await;
         assert_eq!(errno(f.core.rmdir(d.ino, "x.bin").await), libc::ENOTDIR);
-        assert_eq!(errno(f.core.mkdir(ROOT_INO, "d").await), libc::EEXIST);
+        assert_eq!(errno(f.core.mkdir(ROOT_INO, "d", ME).await), libc::EEXIST);
         f.core.unlink(d.ino, "x.bin").await.unwrap();
         assert!(f.stored("d/x.bin").is_none());
         f.core.rmdir(ROOT_INO, "d").await.unwrap();
@@ -413,8 +390,8 @@ mod tests {
         let f = EngineFixture::with(|o| o.read_only = true);
         f.put("d/x.bin", b"x");
         let d = f.node("d").await;
-        assert_eq!(errno(f.core.create(d.ino, "new").await), libc::EROFS);
-        assert_eq!(errno(f.core.mkdir(d.ino, "new").await), libc::EROFS);
+        assert_eq!(errno(f.core.create(d.ino, "new", ME).await), libc::EROFS);
+        assert_eq!(errno(f.core.mkdir(d.ino, "new", ME).await), libc::EROFS);
         assert_eq!(errno(f.core.unlink(d.ino, "x.bin").await), libc::EROFS);
         assert_eq!(
             errno(f.core.rename(d.ino, "x.bin", d.ino, "y", false).await),

@@ -9,12 +9,21 @@ use crate::engine::{EngineConfig, EngineCore};
 use crate::model::options::{Durability, MountOptions};
 use crate::namespace::{Node, ROOT_INO};
 use crate::store::StoreClient;
+use tierfs_fuse::Creator;
 
 pub const CHUNK: u64 = 64 << 10;
 
+/// The caller the tests create files as: root, with the usual umask.
+pub const ME: Creator = Creator {
+    uid: 0,
+    gid: 0,
+    mode: 0o644,
+};
+
 pub struct EngineFixture {
     pub core: Arc<EngineCore>,
-    pub store: tempfile::TempDir,
+    /// Shared with the fixture's other mounts (see [`Self::another_mount`]).
+    pub store: Arc<tempfile::TempDir>,
     _cache: tempfile::TempDir,
 }
 
@@ -26,7 +35,17 @@ impl EngineFixture {
 
     /// An engine with the test options as `tune` changes them.
     pub fn with(tune: impl FnOnce(&mut MountOptions)) -> EngineFixture {
-        let (store, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        EngineFixture::over(Arc::new(tempfile::tempdir().unwrap()), tune)
+    }
+
+    /// A second engine on the same store with a cache of its own: what
+    /// another mount (or this one after losing its cache) sees.
+    pub fn another_mount(&self, tune: impl FnOnce(&mut MountOptions)) -> EngineFixture {
+        EngineFixture::over(self.store.clone(), tune)
+    }
+
+    fn over(store: Arc<tempfile::TempDir>, tune: impl FnOnce(&mut MountOptions)) -> EngineFixture {
+        let cache = tempfile::tempdir().unwrap();
         let mut options = MountOptions {
             chunk_size: CHUNK,
             fetch_timeout: Duration::from_secs(2),
@@ -88,7 +107,18 @@ impl EngineFixture {
     /// which seals and uploads it (with the fixture's durability); returns
     /// the file's node.
     pub async fn write_file(&self, parent: u64, name: &str, data: &[u8]) -> Node {
-        let (node, staged) = self.core.create(parent, name).await.unwrap();
+        self.write_file_as(parent, name, data, ME).await
+    }
+
+    /// [`Self::write_file`] as `creator`.
+    pub async fn write_file_as(
+        &self,
+        parent: u64,
+        name: &str,
+        data: &[u8],
+        creator: Creator,
+    ) -> Node {
+        let (node, staged) = self.core.create(parent, name, creator).await.unwrap();
         let opened = self.core.add_staged_handle(node.ino, staged, true).unwrap();
         let staged = self.core.writable_handle(opened.fh).unwrap();
         assert_eq!(

@@ -61,6 +61,8 @@ impl EngineCore {
                 mtime: std::time::UNIX_EPOCH,
                 etag: None,
                 staged: None,
+                posix: Default::default(),
+                posix_known: true,
             });
         node.etag = up.etag.clone();
         node.size = up.size;

@@ -171,9 +171,13 @@ impl EngineCore {
         key: &str,
         file: std::fs::File,
     ) -> FsResult<Arc<StagedFile>> {
+        // What the node shows (the creator's, or the object's when an
+        // existing file is written) is what the object is uploaded with.
+        let posix = self.ns().node(ino).map(|n| n.posix).unwrap_or_default();
         let record = StagedRecord {
             key: key.to_string(),
             sealed: None,
+            posix,
         };
         self.writes().registry.put(id, &record, false)?;
         let size = file.metadata()?.len();
@@ -431,6 +435,7 @@ impl EngineCore {
         if let Some(StagedRecord {
             key,
             sealed: Some(sealed),
+            ..
         }) = record
             && sealed.upload_id.is_some()
         {
@@ -443,7 +448,7 @@ impl EngineCore {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::testing::{CHUNK, EngineFixture, errno};
+    use crate::engine::testing::{CHUNK, EngineFixture, ME, errno};
     use crate::namespace::ROOT_INO;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +468,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_past_the_cache_size_wait_with_enospc() {
         let f = EngineFixture::with(|o| o.cache_size = 4 * CHUNK);
-        let (node, staged) = f.core.create(ROOT_INO, "big").await.unwrap();
+        let (node, staged) = f.core.create(ROOT_INO, "big", ME).await.unwrap();
         f.core
             .write_staged(&staged, 0, &vec![1u8; (3 * CHUNK) as usize])
             .unwrap();

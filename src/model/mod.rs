@@ -6,6 +6,7 @@ pub mod digest;
 pub mod latency;
 pub mod options;
 pub mod paths;
+pub mod posix;
 pub mod tier;
 pub mod tier_report;
 pub mod units;

@@ -46,6 +46,10 @@ pub struct MountOptions {
     /// Let the kernel read files wholly on NVMe, and write staged files, directly
     /// (FUSE passthrough).
     pub passthrough: bool,
+    /// Read and write modes, owners and times in object metadata (s3fs's
+    /// headers); off, every file shows the mount's defaults and no HEAD is
+    /// made per file.
+    pub posix_metadata: bool,
     pub read_only: bool,
     pub allow_other: bool,
     pub uid: Option<u32>,
@@ -95,6 +99,7 @@ impl Default for MountOptions {
             fetch_concurrency: 16,
             fuse_threads: 8,
             passthrough: true,
+            posix_metadata: true,
             read_only: false,
             allow_other: false,
             uid: None,
@@ -205,6 +210,7 @@ impl MountOptions {
             "ro" => self.read_only = flag(value)?,
             "allow_other" => self.allow_other = flag(value)?,
             "passthrough" => self.passthrough = flag(value)?,
+            "posix_metadata" => self.posix_metadata = flag(value)?,
             _ => {
                 let v = value.ok_or_else(|| invalid(name, "needs a value (name=value)"))?;
                 if v.is_empty() {
@@ -353,6 +359,9 @@ impl MountOptions {
         }
         if !self.passthrough {
             items.push("passthrough=false".into());
+        }
+        if !self.posix_metadata {
+            items.push("posix_metadata=false".into());
         }
         items.extend(self.uid.map(|u| format!("uid={u}")));
         items.extend(self.gid.map(|g| format!("gid={g}")));
@@ -503,6 +512,7 @@ mod tests {
                         prefetch_max: fetch.0,
                         fetch_concurrency: fetch.1,
                         passthrough: flags.3,
+                        posix_metadata: !flags.3,
                         read_only: flags.0,
                         allow_other: flags.1,
                         uid: flags.2,

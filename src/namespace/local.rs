@@ -7,6 +7,7 @@ use tierfs_fuse::{DirEntry, FileKind};
 
 use super::{Found, Namespace, Node, ROOT_INO, Tables, join, unusable_name};
 use crate::error::{FsError, FsResult};
+use crate::model::posix::PosixAttrs;
 
 /// Checks a name given by a creating call (create, mkdir, rename target).
 pub fn valid_name(name: &str) -> FsResult<()> {
@@ -108,7 +109,7 @@ impl Namespace {
         let mut tables = self.tables.lock();
         let dir = tables.known(parent)?;
         let path = join(&dir.path, name);
-        let key = (path.clone(), kind);
+        let key = (path.clone(), super::path_kind(kind));
         let ino = match tables.by_path.get(&key) {
             Some(ino) => *ino,
             None => tables.allocate_ino(key),
@@ -122,6 +123,8 @@ impl Namespace {
             mtime: SystemTime::now(),
             etag: None,
             staged,
+            posix: PosixAttrs::default(),
+            posix_known: true,
         };
         tables.nodes.insert(ino, node.clone());
         tables.link_child(parent, name, ino, kind);
@@ -162,7 +165,9 @@ impl Namespace {
             return;
         };
         tables.unlink_child(parent, name);
-        tables.by_path.remove(&(node.path.clone(), node.kind));
+        tables
+            .by_path
+            .remove(&(node.path.clone(), super::path_kind(node.kind)));
         tables.listings.remove(&node.ino);
     }
 
@@ -234,7 +239,7 @@ impl Namespace {
             if moving == ino {
                 n.parent = new_parent;
             }
-            let (kind, path) = (n.kind, n.path.clone());
+            let (kind, path) = (super::path_kind(n.kind), n.path.clone());
             if tables.by_path.get(&(old.clone(), kind)) == Some(&moving) {
                 tables.by_path.remove(&(old.clone(), kind));
             }
@@ -247,7 +252,7 @@ impl Namespace {
         }
         tables.link_child(new_parent, new_name, ino, node.kind);
         if node.staged.is_none()
-            && node.kind == FileKind::File
+            && node.kind != FileKind::Directory
             && let Some(local) = tables.local.get_mut(&new_parent)
         {
             // An object renamed in the store is listed from there again.

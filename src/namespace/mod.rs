@@ -13,6 +13,8 @@ use object_store::{ListResult, ObjectMeta};
 use parking_lot::Mutex;
 use tierfs_fuse::{DirEntry, FileKind};
 
+use crate::model::posix::PosixAttrs;
+
 mod keys;
 mod local;
 
@@ -21,7 +23,8 @@ pub use keys::{is_below, is_within, object_path};
 pub use local::valid_name;
 
 pub const ROOT_INO: u64 = 1;
-const MAX_NAME: usize = 255;
+/// The longest file name, in bytes (NAME_MAX).
+pub const MAX_NAME: usize = 255;
 
 /// What the namespace knows about one inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,20 @@ pub struct Node {
     /// The staging file of a file written through the mount and not yet
     /// verified in the store; its local bytes are the file's contents.
     pub staged: Option<u64>,
+    /// Mode, owner and times as the store keeps them (or as set here).
+    pub posix: PosixAttrs,
+    /// Whether `posix` has been read for the version shown (objects listed
+    /// from the store carry theirs only in a HEAD).
+    pub posix_known: bool,
+}
+
+/// The kind under which the namespace files a path: an object (a file or a
+/// symbolic link) or a prefix.
+pub(crate) fn path_kind(kind: FileKind) -> FileKind {
+    match kind {
+        FileKind::Directory => FileKind::Directory,
+        FileKind::File | FileKind::Symlink => FileKind::File,
+    }
 }
 
 /// The entries of a directory as a listing finds them.
@@ -130,6 +147,8 @@ impl Namespace {
             mtime: now,
             etag: None,
             staged: None,
+            posix: PosixAttrs::default(),
+            posix_known: true,
         };
         let mut nodes = HashMap::new();
         nodes.insert(ROOT_INO, root);
@@ -263,10 +282,48 @@ impl Namespace {
     pub fn refresh_file(&self, ino: u64, meta: &ObjectMeta) -> Option<Node> {
         let mut tables = self.tables.lock();
         let node = tables.nodes.get_mut(&ino)?;
+        if node.etag != meta.e_tag || meta.e_tag.is_none() {
+            node.posix_known = false;
+        }
         node.size = meta.size;
         node.mtime = meta.last_modified.into();
         node.etag = meta.e_tag.clone();
         Some(node.clone())
+    }
+
+    /// Records the POSIX attributes read for the version with `etag`; a node
+    /// that shows another version by now keeps what it has. A symbolic link
+    /// shows as one from here on, in its directory's listing too.
+    pub fn set_posix(&self, ino: u64, etag: Option<&str>, posix: PosixAttrs) -> Option<Node> {
+        let mut tables = self.tables.lock();
+        let node = tables.nodes.get_mut(&ino)?;
+        if node.etag.as_deref() != etag {
+            return Some(node.clone());
+        }
+        node.posix = posix;
+        node.posix_known = true;
+        if node.kind == FileKind::File && posix.is_symlink() {
+            node.kind = FileKind::Symlink;
+        }
+        let node = node.clone();
+        if node.kind == FileKind::Symlink
+            && let Some(listing) = tables.listings.get_mut(&node.parent)
+        {
+            let entries: Vec<DirEntry> = listing
+                .entries
+                .iter()
+                .map(|e| DirEntry {
+                    kind: if e.ino == ino {
+                        FileKind::Symlink
+                    } else {
+                        e.kind
+                    },
+                    ..e.clone()
+                })
+                .collect();
+            listing.entries = entries.into();
+        }
+        Some(node)
     }
 
     /// Logs a key that cannot be shown, once per key for the life of the mount.
@@ -326,6 +383,9 @@ impl Tables {
                 // The local bytes are newer than anything the store lists.
                 return *ino;
             }
+            if node.etag != etag || etag.is_none() {
+                node.posix_known = false;
+            }
             node.size = size;
             node.mtime = mtime;
             node.etag = etag;
@@ -342,6 +402,9 @@ impl Tables {
             mtime,
             etag,
             staged: None,
+            posix: PosixAttrs::default(),
+            // A prefix has nothing to read; an object carries its record.
+            posix_known: kind == FileKind::Directory,
         };
         self.nodes.insert(ino, node);
         ino

@@ -3,6 +3,8 @@
 
 pub mod aws_profile;
 pub mod digest_metadata;
+pub mod posix_metadata;
+pub mod s3_metadata;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct StoreClient {
     pub multipart: Option<Arc<dyn MultipartStore>>,
     /// The directory behind a local store.
     pub local_root: Option<PathBuf>,
+    /// Changes an S3 object's metadata in place; None for other stores.
+    pub metadata: Option<Arc<s3_metadata::S3MetadataCopier>>,
 }
 
 impl StoreClient {
@@ -67,6 +71,7 @@ impl StoreClient {
             objects: Arc::new(store),
             multipart: None,
             local_root: Some(root),
+            metadata: None,
         })
     }
 
@@ -77,6 +82,7 @@ impl StoreClient {
                 objects: store.clone(),
                 multipart: Some(store),
                 local_root: None,
+                metadata: None,
             }
         }
         if prefix.is_empty() {
@@ -168,11 +174,12 @@ impl StoreLocation {
             StoreLocation::S3 { bucket, prefix } => {
                 let builder = s3_builder(bucket, options)
                     .with_retry(retry)
-                    .with_client_options(client);
-                Ok(StoreClient::remote(
-                    builder.build().map_err(failed)?,
-                    prefix,
-                ))
+                    .with_client_options(client.clone());
+                let s3 = builder.clone().build().map_err(failed)?;
+                let copier = s3_metadata::S3MetadataCopier::new(&s3, &builder, prefix, &client)?;
+                let mut store = StoreClient::remote(s3, prefix);
+                store.metadata = Some(Arc::new(copier));
+                Ok(store)
             }
             StoreLocation::Gcs { bucket, prefix } => {
                 let builder = GoogleCloudStorageBuilder::from_env()

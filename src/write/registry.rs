@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FsError, FsResult};
 use crate::meta::chunk_index::{ChunkIndex, ChunkRecord, VersionInfo};
 use crate::meta::db::{Batch, MetaDb, Table};
+use crate::model::posix::PosixAttrs;
 use crate::write::staging::SealedDigests;
 
 /// A file written through the mount whose bytes are only local.
@@ -22,6 +23,10 @@ pub struct StagedRecord {
     pub key: String,
     /// None while the file is open for writing and not yet sealed.
     pub sealed: Option<SealedUpload>,
+    /// Mode, owner and times the object is uploaded with (records written
+    /// before they were kept have none: the defaults show).
+    #[serde(default)]
+    pub posix: PosixAttrs,
 }
 
 /// A sealed file and its upload job.
@@ -241,6 +246,7 @@ mod tests {
                     parts,
                     verified_etag: None,
                 }),
+                posix: PosixAttrs::default(),
             };
             prop_assert_eq!(decode(1, &encode(&record)).unwrap(), record);
         }
@@ -252,6 +258,7 @@ mod tests {
         let open_record = StagedRecord {
             key: "a/b.bin".into(),
             sealed: None,
+            posix: PosixAttrs::default(),
         };
         {
             let reg = WriteRegistry::new(Arc::new(ChunkIndex::open(dir.path()).unwrap()));
@@ -261,6 +268,7 @@ mod tests {
             let moved = StagedRecord {
                 key: "z/b.bin".into(),
                 sealed: None,
+                posix: PosixAttrs::default(),
             };
             reg.move_tree(&[("a".into(), "z".into())], &[(5, moved)])
                 .unwrap();

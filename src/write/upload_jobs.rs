@@ -126,6 +126,7 @@ impl UploadJobs {
             let Some(StagedRecord {
                 key,
                 sealed: Some(sealed),
+                ..
             }) = record
             else {
                 // Unlinked during the upload: take back what was put.

@@ -24,8 +24,10 @@ use crate::error::{FsError, FsResult};
 use crate::io::blocking::run_blocking;
 use crate::io::rate_limit::{RateLimiter, pace};
 use crate::model::chunk::ChunkLayout;
+use crate::model::posix::PosixAttrs;
 use crate::store::StoreClient;
 use crate::store::digest_metadata::{digest_attributes, digest_text};
+use crate::store::posix_metadata::{add_posix_attributes, write_local_posix};
 use crate::write::registry::{SealedUpload, StagedRecord, WriteRegistry};
 use crate::write::staging::{StagingArea, read_at};
 
@@ -90,8 +92,17 @@ struct MultipartUpload<'a> {
     id: u64,
     path: &'a Path,
     sealed: &'a SealedUpload,
+    posix: &'a PosixAttrs,
     multipart: &'a Arc<dyn MultipartStore>,
     part_count: usize,
+}
+
+/// The metadata an uploaded object carries: its digest, and its mode, owner
+/// and times in s3fs's headers.
+fn object_attributes(sealed: &SealedUpload, posix: &PosixAttrs) -> object_store::Attributes {
+    let mut attributes = digest_attributes(sealed.digest);
+    add_posix_attributes(&mut attributes, posix);
+    attributes
 }
 
 /// How sending the bytes ended, when nothing failed.
@@ -130,6 +141,7 @@ impl Uploader {
         let Some(StagedRecord {
             key,
             sealed: Some(sealed),
+            posix,
         }) = self.registry.get(id)?
         else {
             return Ok(UploadOutcome::NothingToDo);
@@ -140,7 +152,7 @@ impl Uploader {
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let result = self.send(id, &key, &sealed).await;
+        let result = self.send(id, &key, &sealed, &posix).await;
         let sent = started.elapsed();
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let etag = match result? {
@@ -206,11 +218,20 @@ impl Uploader {
     }
 
     /// Puts the object; returns the ETag the store answered with.
-    async fn send(&self, id: u64, key: &str, sealed: &SealedUpload) -> FsResult<Sent> {
+    async fn send(
+        &self,
+        id: u64,
+        key: &str,
+        sealed: &SealedUpload,
+        posix: &PosixAttrs,
+    ) -> FsResult<Sent> {
         let path = object_path(key)?;
         let parts = Self::part_count(sealed);
         match (&self.client.multipart, parts) {
-            (Some(multipart), 2..) => self.send_multipart(id, &path, sealed, multipart).await,
+            (Some(multipart), 2..) => {
+                self.send_multipart(id, &path, (sealed, posix), multipart)
+                    .await
+            }
             (Some(_), _) => {
                 let payload = if parts == 0 {
                     Bytes::new()
@@ -223,7 +244,7 @@ impl Uploader {
                 let _permit = self.parts.acquire().await;
                 self.pace(payload.len() as u64).await;
                 let options = PutOptions {
-                    attributes: digest_attributes(sealed.digest),
+                    attributes: object_attributes(sealed, posix),
                     ..PutOptions::default()
                 };
                 let result = self
@@ -234,13 +255,19 @@ impl Uploader {
                     .map_err(FsError::from_store)?;
                 Ok(Sent::Stored(result.e_tag))
             }
-            (None, _) => self.send_local(id, &path, sealed).await,
+            (None, _) => self.send_local(id, &path, sealed, posix).await,
         }
     }
 
     /// A local directory store: the store client writes a hidden `key#N` file and
     /// renames it into place on completion; one left by a crash is removed first.
-    async fn send_local(&self, id: u64, path: &Path, sealed: &SealedUpload) -> FsResult<Sent> {
+    async fn send_local(
+        &self,
+        id: u64,
+        path: &Path,
+        sealed: &SealedUpload,
+        posix: &PosixAttrs,
+    ) -> FsResult<Sent> {
         if let Some(root) = &self.client.local_root {
             remove_unfinished_local_uploads(root, path.as_ref());
         }
@@ -262,6 +289,12 @@ impl Uploader {
             }
         }
         let result = upload.complete().await.map_err(FsError::from_store)?;
+        if let Some(root) = &self.client.local_root
+            && !posix.is_empty()
+        {
+            let (file, posix) = (root.join(path.as_ref()), *posix);
+            run_blocking(move || write_local_posix(&file, &posix)).await?;
+        }
         Ok(Sent::Stored(result.e_tag))
     }
 
@@ -269,13 +302,14 @@ impl Uploader {
         &self,
         id: u64,
         path: &Path,
-        sealed: &SealedUpload,
+        (sealed, posix): (&SealedUpload, &PosixAttrs),
         multipart: &Arc<dyn MultipartStore>,
     ) -> FsResult<Sent> {
         let upload = MultipartUpload {
             id,
             path,
             sealed,
+            posix,
             multipart,
             part_count: Self::part_count(sealed) as usize,
         };
@@ -314,11 +348,12 @@ impl Uploader {
             id,
             path,
             sealed,
+            posix,
             multipart,
             part_count,
         } = *upload;
         let options = PutMultipartOptions {
-            attributes: digest_attributes(sealed.digest),
+            attributes: object_attributes(sealed, posix),
             ..PutMultipartOptions::default()
         };
         let upload_id = multipart

@@ -1,0 +1,294 @@
+//! Modes, owners, times and symbolic links: what `stat` shows beyond a size,
+//! and where each change is kept (see `store::posix_metadata` for the
+//! conventions):
+//!
+//! - a file written through the mount and not yet uploaded: in its staged
+//!   record, and the upload carries it;
+//! - an object on a local-directory store: extended attributes on its file;
+//! - an object on S3: its metadata, replaced in place by a copy of the object
+//!   onto itself (no bytes pass through tierfs);
+//! - a directory: in this mount's memory (the store keeps no directories).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use object_store::{GetOptions, ObjectStoreExt, PutOptions, PutPayload};
+use tierfs_fuse::{AttrChange, Creator, FileKind};
+
+use crate::engine::EngineCore;
+use crate::error::{FsError, FsResult};
+use crate::io::blocking::run_blocking;
+use crate::model::posix::{PosixAttrs, S_IFDIR, S_IFLNK, S_IFREG};
+use crate::namespace::{Node, join, object_path, valid_name};
+use crate::store::posix_metadata::{
+    add_posix_attributes, posix_of, read_local_posix, write_local_posix,
+};
+use crate::store::s3_metadata::MetadataCopyError;
+
+/// The longest key S3 takes, in bytes; longer ones are ENAMETOOLONG before
+/// anything reaches the store.
+pub const MAX_KEY: usize = 1024;
+
+/// The file-type bits of a node's mode.
+fn type_bits(kind: FileKind) -> u32 {
+    match kind {
+        FileKind::File => S_IFREG,
+        FileKind::Directory => S_IFDIR,
+        FileKind::Symlink => S_IFLNK,
+    }
+}
+
+/// The key `name` gets in directory `dir`: checked as a name, and against the
+/// store's key length.
+pub(crate) fn new_key(dir: &Node, name: &str) -> FsResult<String> {
+    valid_name(name)?;
+    let key = join(&dir.path, name);
+    if key.len() > MAX_KEY {
+        return Err(FsError::NameTooLong);
+    }
+    Ok(key)
+}
+
+/// The record of something `creator` makes, of type `kind_bits`, now.
+pub(crate) fn created_by(creator: Creator, kind_bits: u32) -> PosixAttrs {
+    let now = SystemTime::now();
+    PosixAttrs {
+        mode: Some(PosixAttrs::mode_of(kind_bits, creator.mode)),
+        uid: Some(creator.uid),
+        gid: Some(creator.gid),
+        mtime: Some(now),
+        ctime: Some(now),
+        atime: None,
+    }
+}
+
+impl EngineCore {
+    /// `node` with its POSIX record, read from the store when the version it
+    /// shows has not been read yet: a HEAD on S3, extended attributes on a
+    /// local store. Unreachable, the node shows the defaults meanwhile.
+    pub(crate) async fn with_posix(&self, node: Node) -> FsResult<Node> {
+        if node.posix_known || node.staged.is_some() || !self.options().posix_metadata {
+            return Ok(node);
+        }
+        if let Some(root) = &self.uploader().client().local_root {
+            let file = root.join(&node.path);
+            let posix = run_blocking(move || Ok::<_, FsError>(read_local_posix(&file))).await?;
+            return Ok(self
+                .ns()
+                .set_posix(node.ino, node.etag.as_deref(), posix)
+                .unwrap_or(node));
+        }
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match self.store().get_opts(&object_path(&node.path)?, head).await {
+            Ok(got) => {
+                self.ns().refresh_file(node.ino, &got.meta);
+                let posix = posix_of(&got.attributes);
+                let etag = got.meta.e_tag.as_deref();
+                Ok(self.ns().set_posix(node.ino, etag, posix).unwrap_or(node))
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.ns().invalidate(node.parent);
+                Err(FsError::NotFound)
+            }
+            Err(e) => {
+                tracing::info!(path = %node.path, "store unreachable, showing default modes: {e}");
+                Ok(node)
+            }
+        }
+    }
+
+    /// Changes the size (truncate), times, mode or owner. The kernel checks
+    /// who may (default_permissions); each change is kept where the file is.
+    pub async fn setattr(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: Option<u64>,
+        change: AttrChange,
+    ) -> FsResult<Node> {
+        if let Some(size) = change.size {
+            self.truncate(ino, fh, size).await?;
+        }
+        let node = self.node(ino)?;
+        let asked = PosixAttrs {
+            mode: change
+                .mode
+                .map(|m| PosixAttrs::mode_of(type_bits(node.kind), m)),
+            uid: change.uid,
+            gid: change.gid,
+            mtime: change.mtime,
+            atime: change.atime,
+            ctime: None,
+        };
+        if asked.is_empty() {
+            return Ok(node);
+        }
+        self.writable()?;
+        let node = self.with_posix(node).await?;
+        let posix = PosixAttrs {
+            ctime: Some(change.ctime.unwrap_or_else(SystemTime::now)),
+            ..node.posix.changed_by(&asked)
+        };
+        let etag = self.keep_posix(&node, posix).await?;
+        self.ns()
+            .update(ino, |n| {
+                n.posix = posix;
+                if let Some(mtime) = change.mtime {
+                    n.mtime = mtime;
+                }
+                if let Some(etag) = etag {
+                    n.etag = Some(etag);
+                }
+            })
+            .ok_or(FsError::NotFound)
+    }
+
+    /// truncate(2): through the open handle, or by path (staged, changed, and
+    /// sealed on release).
+    async fn truncate(self: &Arc<Self>, ino: u64, fh: Option<u64>, size: u64) -> FsResult<()> {
+        self.writable()?;
+        if self.node(ino)?.kind != FileKind::File {
+            return Err(FsError::IsADirectory);
+        }
+        if let Some(staged) = fh.and_then(|fh| self.writable_handle(fh).ok()) {
+            return self.truncate_staged(&staged, size);
+        }
+        let opened = self.open(ino, true, size == 0).await?;
+        let result = self
+            .writable_handle(opened.fh)
+            .and_then(|staged| self.truncate_staged(&staged, size));
+        self.release(opened.fh);
+        result
+    }
+
+    /// Keeps `posix` as the record of `node`; returns the object's new ETag
+    /// when keeping it made a new copy of the object.
+    async fn keep_posix(&self, node: &Node, posix: PosixAttrs) -> FsResult<Option<String>> {
+        if node.kind == FileKind::Directory {
+            return Ok(None);
+        }
+        if let Some(id) = node.staged {
+            self.writes().registry.update(id, false, |r| {
+                r.posix = posix;
+                true
+            })?;
+            return Ok(None);
+        }
+        let client = self.uploader().client();
+        if let Some(root) = &client.local_root {
+            let file = root.join(&node.path);
+            run_blocking(move || write_local_posix(&file, &posix)).await?;
+            return Ok(None);
+        }
+        let Some(copier) = &client.metadata else {
+            return Err(FsError::NotSupported(
+                "modes, owners and times of objects in this store".into(),
+            ));
+        };
+        // The object's other metadata (its digest, content type) stays.
+        let path = object_path(&node.path)?;
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let got = self
+            .store()
+            .get_opts(&path, head)
+            .await
+            .map_err(FsError::from_store)?;
+        if node.etag.is_some() && got.meta.e_tag != node.etag {
+            return Err(FsError::Stale(node.path.clone()));
+        }
+        let mut attributes = got.attributes;
+        add_posix_attributes(&mut attributes, &posix);
+        let etag = got.meta.e_tag.as_deref();
+        match copier
+            .replace(&node.path, got.meta.size, etag, &attributes)
+            .await
+        {
+            Ok(new) => Ok(new.or(got.meta.e_tag)),
+            Err(MetadataCopyError::Changed) => Err(FsError::Stale(node.path.clone())),
+            Err(MetadataCopyError::Missing) => Err(FsError::NotFound),
+            Err(e @ MetadataCopyError::TooLarge(_)) => Err(FsError::NoSpace(e.to_string())),
+            Err(e) => Err(FsError::Store(e.to_string())),
+        }
+    }
+
+    /// Makes a symbolic link: an object whose body is the target and whose
+    /// mode says S_IFLNK (s3fs's convention), written to the store at once.
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        creator: Creator,
+    ) -> FsResult<Node> {
+        self.writable()?;
+        let dir = self.dir_node(parent)?;
+        let key = new_key(&dir, name)?;
+        if target.is_empty() || target.len() > 4095 {
+            return Err(FsError::InvalidArgument(
+                "a link target is 1 to 4095 bytes".into(),
+            ));
+        }
+        if self.lookup(parent, name).await.is_ok() {
+            return Err(FsError::Exists);
+        }
+        // A link's own mode is always 0777 (the target's decides access).
+        let posix = created_by(
+            Creator {
+                mode: 0o777,
+                ..creator
+            },
+            S_IFLNK,
+        );
+        let path = object_path(&key)?;
+        let client = self.uploader().client();
+        let mut options = PutOptions::default();
+        if client.local_root.is_none() {
+            add_posix_attributes(&mut options.attributes, &posix);
+        }
+        let body = PutPayload::from(target.as_bytes().to_vec());
+        let put = self
+            .store()
+            .put_opts(&path, body, options)
+            .await
+            .map_err(FsError::from_store)?;
+        if let Some(root) = &client.local_root {
+            let file = root.join(&key);
+            run_blocking(move || write_local_posix(&file, &posix)).await?;
+        }
+        let node =
+            self.ns()
+                .add_local(parent, name, FileKind::Symlink, None, target.len() as u64)?;
+        // In the store already: listed from there from now on.
+        self.ns()
+            .mark_uploaded(node.ino, target.len() as u64, put.e_tag.clone());
+        self.ns()
+            .update(node.ino, |n| n.posix = posix)
+            .ok_or(FsError::NotFound)
+    }
+
+    /// The target of a symbolic link, as stored.
+    pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let node = self.with_posix(self.node(ino)?).await?;
+        if node.kind != FileKind::Symlink {
+            return Err(FsError::InvalidArgument(format!(
+                "/{} is not a symbolic link",
+                node.path
+            )));
+        }
+        let got = self
+            .store()
+            .get(&object_path(&node.path)?)
+            .await
+            .map_err(FsError::from_store)?;
+        let target = got.bytes().await.map_err(FsError::from_store)?;
+        Ok(target.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests;

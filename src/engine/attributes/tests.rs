@@ -1,0 +1,210 @@
+//! Modes, owners, times and links over a local-directory store: set through
+//! one engine, seen by another with a cache of its own.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use tierfs_fuse::{AttrChange, Creator, FileKind};
+
+use crate::engine::testing::{EngineFixture, ME, errno};
+use crate::model::posix::{S_IFLNK, S_IFREG};
+use crate::namespace::ROOT_INO;
+use crate::store::posix_metadata::read_local_posix;
+
+const ALICE: Creator = Creator {
+    uid: 1000,
+    gid: 100,
+    mode: 0o750,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_is_its_creators_with_its_mode_in_the_store_and_in_another_mount() {
+    let f = EngineFixture::new();
+    let node = f
+        .write_file_as(ROOT_INO, "run.sh", b"#!/bin/sh\n", ALICE)
+        .await;
+    let attr = f.core.entry(&node).attr;
+    assert_eq!((attr.perm, attr.uid, attr.gid), (0o750, 1000, 100));
+    let stored = read_local_posix(&f.store.path().join("run.sh"));
+    assert_eq!(stored.mode, Some(S_IFREG | 0o750));
+    assert_eq!((stored.uid, stored.gid), (Some(1000), Some(100)));
+
+    let other = f.another_mount(|_| {});
+    let seen = other.core.entry(&other.node("run.sh").await).attr;
+    assert_eq!((seen.perm, seen.uid, seen.gid), (0o750, 1000, 100));
+    assert_eq!(seen.mtime, attr.mtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chmod_chown_and_utimens_on_an_uploaded_file_change_only_its_record() {
+    let f = EngineFixture::new();
+    let node = f.write_file(ROOT_INO, "w.bin", b"weights").await;
+    let when = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    let change = AttrChange {
+        mode: Some(0o4711),
+        uid: Some(7),
+        gid: Some(8),
+        mtime: Some(when),
+        atime: Some(when),
+        ..AttrChange::default()
+    };
+    let changed = f.core.setattr(node.ino, None, change).await.unwrap();
+    let attr = f.core.entry(&changed).attr;
+    assert_eq!((attr.perm, attr.uid, attr.gid), (0o4711, 7, 8));
+    assert_eq!((attr.mtime, attr.atime), (when, when));
+    assert!(attr.ctime > when);
+    assert_eq!(f.stored("w.bin").unwrap(), b"weights");
+
+    let other = f.another_mount(|_| {});
+    let seen = other.core.entry(&other.node("w.bin").await).attr;
+    assert_eq!(
+        (seen.perm, seen.uid, seen.gid, seen.mtime),
+        (0o4711, 7, 8, when)
+    );
+    // With the records off, the mount's defaults show.
+    let plain = f.another_mount(|o| o.posix_metadata = false);
+    let seen = plain.core.entry(&plain.node("w.bin").await).attr;
+    assert_eq!(
+        (seen.perm, seen.uid),
+        (
+            0o644,
+            plain
+                .core
+                .entry(&plain.core.node(ROOT_INO).unwrap())
+                .attr
+                .uid
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mode_set_before_the_upload_goes_with_it() {
+    let f = EngineFixture::new();
+    let (node, staged) = f.core.create(ROOT_INO, "late.bin", ME).await.unwrap();
+    let opened = f
+        .core
+        .add_staged_handle(node.ino, staged.clone(), true)
+        .unwrap();
+    f.core.write_staged(&staged, 0, b"abc").unwrap();
+    let chmod = AttrChange {
+        mode: Some(0o600),
+        ..AttrChange::default()
+    };
+    f.core
+        .setattr(node.ino, Some(opened.fh), chmod)
+        .await
+        .unwrap();
+    f.core.fsync(opened.fh).await.unwrap();
+    f.core.release(opened.fh);
+    f.settled().await;
+    let stored = read_local_posix(&f.store.path().join("late.bin"));
+    assert_eq!(stored.mode, Some(S_IFREG | 0o600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_is_an_object_holding_its_target() {
+    let f = EngineFixture::new();
+    let link = f
+        .core
+        .symlink(ROOT_INO, "latest", "step-1000/model.safetensors", ME)
+        .await
+        .unwrap();
+    assert_eq!(link.kind, FileKind::Symlink);
+    let attr = f.core.entry(&link).attr;
+    assert_eq!((attr.perm, attr.size), (0o777, 27));
+    assert_eq!(f.stored("latest").unwrap(), b"step-1000/model.safetensors");
+    assert_eq!(
+        read_local_posix(&f.store.path().join("latest")).mode,
+        Some(S_IFLNK | 0o777)
+    );
+    assert_eq!(
+        f.core.readlink(link.ino).await.unwrap(),
+        b"step-1000/model.safetensors"
+    );
+    assert_eq!(
+        errno(f.core.symlink(ROOT_INO, "latest", "x", ME).await),
+        libc::EEXIST
+    );
+
+    let other = f.another_mount(|_| {});
+    let seen = other.node("latest").await;
+    assert_eq!(seen.kind, FileKind::Symlink);
+    assert_eq!(
+        other.core.readlink(seen.ino).await.unwrap(),
+        b"step-1000/model.safetensors"
+    );
+    let fh = other.core.opendir(ROOT_INO).await.unwrap();
+    let listed = other.core.readdir(fh).unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|e| e.name == "latest" && e.kind == FileKind::Symlink)
+    );
+    // A link renamed stays a link.
+    other
+        .core
+        .rename(ROOT_INO, "latest", ROOT_INO, "current", false)
+        .await
+        .unwrap();
+    let third = f.another_mount(|_| {});
+    assert_eq!(third.node("current").await.kind, FileKind::Symlink);
+    let file = f.write_file(ROOT_INO, "plain", b"x").await;
+    assert_eq!(errno(f.core.readlink(file.ino).await), libc::EINVAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_and_keys_too_long_are_enametoolong_before_the_store_sees_them() {
+    let f = EngineFixture::new();
+    let long = "n".repeat(256);
+    assert_eq!(
+        errno(f.core.lookup(ROOT_INO, &long).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(f.core.create(ROOT_INO, &long, ME).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(f.core.mkdir(ROOT_INO, &long, ME).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(f.core.symlink(ROOT_INO, &long, "t", ME).await),
+        libc::ENAMETOOLONG
+    );
+    // Five directories of 200 bytes leave no room for a 30-byte name.
+    let mut dir = ROOT_INO;
+    for i in 0..5 {
+        let name = format!("{i}{}", "d".repeat(199));
+        dir = f.core.mkdir(dir, &name, ME).await.unwrap().ino;
+    }
+    let name = "f".repeat(30);
+    assert_eq!(
+        errno(f.core.create(dir, &name, ME).await),
+        libc::ENAMETOOLONG
+    );
+    f.write_file(ROOT_INO, "short", b"x").await;
+    assert_eq!(
+        errno(f.core.rename(ROOT_INO, "short", dir, &name, false).await),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(f.stored("short").unwrap(), b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_without_a_record_and_directories_show_the_defaults_until_changed() {
+    let f = EngineFixture::new();
+    f.put("m/a.bin", b"abc");
+    let a = f.node("m/a.bin").await;
+    let attr = f.core.entry(&a).attr;
+    assert_eq!(attr.perm, 0o644);
+    assert_eq!(attr.mtime, a.mtime);
+    let dir = f.core.mkdir(ROOT_INO, "d", ALICE).await.unwrap();
+    assert_eq!(f.core.entry(&dir).attr.perm, 0o750);
+    let chmod = AttrChange {
+        mode: Some(0o700),
+        ..AttrChange::default()
+    };
+    let dir = f.core.setattr(dir.ino, None, chmod).await.unwrap();
+    assert_eq!(f.core.entry(&dir).attr.perm, 0o700);
+    assert_eq!(f.core.entry(&dir).attr.kind, FileKind::Directory);
+}
