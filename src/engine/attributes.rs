@@ -23,7 +23,6 @@ use crate::namespace::{Node, join, object_path, valid_name};
 use crate::store::posix_metadata::{
     add_posix_attributes, posix_of, read_local_posix, write_local_posix,
 };
-use crate::store::s3_metadata::MetadataCopyError;
 
 /// The longest key S3 takes, in bytes; longer ones are ENAMETOOLONG before
 /// anything reaches the store.
@@ -163,57 +162,35 @@ impl EngineCore {
         result
     }
 
-    /// Keeps `posix` as the record of `node`; returns the object's new ETag
-    /// when keeping it made a new copy of the object.
+    /// Keeps `posix` as the record of `node`; returns the object's ETag once
+    /// it is kept (a copy in place may give it a new one).
     async fn keep_posix(&self, node: &Node, posix: PosixAttrs) -> FsResult<Option<String>> {
         if node.kind == FileKind::Directory {
             return Ok(None);
         }
+        let mut node = node.clone();
         if let Some(id) = node.staged {
-            self.writes().registry.update(id, false, |r| {
+            let kept = self.writes().registry.update(id, false, |r| {
                 r.posix = posix;
                 true
             })?;
-            return Ok(None);
+            if kept.is_some() {
+                return Ok(None);
+            }
+            // Uploaded and adopted meanwhile: the object takes the change.
+            node = self.node(node.ino)?;
         }
-        let client = self.uploader().client();
-        if let Some(root) = &client.local_root {
-            let file = root.join(&node.path);
-            run_blocking(move || write_local_posix(&file, &posix)).await?;
-            return Ok(None);
-        }
-        let Some(copier) = &client.metadata else {
-            return Err(FsError::NotSupported(
-                "modes, owners and times of objects in this store".into(),
-            ));
-        };
-        // The object's other metadata (its digest, content type) stays.
-        let path = object_path(&node.path)?;
-        let head = GetOptions {
-            head: true,
-            ..GetOptions::default()
-        };
-        let got = self
-            .store()
-            .get_opts(&path, head)
-            .await
-            .map_err(FsError::from_store)?;
-        if node.etag.is_some() && got.meta.e_tag != node.etag {
-            return Err(FsError::Stale(node.path.clone()));
-        }
-        let mut attributes = got.attributes;
-        add_posix_attributes(&mut attributes, &posix);
-        let etag = got.meta.e_tag.as_deref();
-        match copier
-            .replace(&node.path, got.meta.size, etag, &attributes)
-            .await
-        {
-            Ok(new) => Ok(new.or(got.meta.e_tag)),
-            Err(MetadataCopyError::Changed) => Err(FsError::Stale(node.path.clone())),
-            Err(MetadataCopyError::Missing) => Err(FsError::NotFound),
-            Err(e @ MetadataCopyError::TooLarge(_)) => Err(FsError::NoSpace(e.to_string())),
-            Err(e) => Err(FsError::Store(e.to_string())),
-        }
+        let etag = self
+            .uploader()
+            .client()
+            .keep_posix(
+                &object_path(&node.path)?,
+                node.size,
+                node.etag.as_deref(),
+                &posix,
+            )
+            .await?;
+        Ok(etag)
     }
 
     /// Makes a symbolic link: an object whose body is the target and whose

@@ -17,9 +17,14 @@
 use std::path::Path as FsPath;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use object_store::{Attribute, Attributes};
+use object_store::path::Path;
+use object_store::{Attribute, Attributes, GetOptions, ObjectStore};
 
+use crate::error::{FsError, FsResult};
+use crate::io::blocking::run_blocking;
 use crate::model::posix::PosixAttrs;
+use crate::store::StoreClient;
+use crate::store::s3_metadata::MetadataCopyError;
 
 /// The metadata names, as s3fs writes them after `x-amz-meta-`.
 pub const MODE: &str = "mode";
@@ -104,6 +109,56 @@ pub fn write_local_posix(file: &FsPath, attrs: &PosixAttrs) -> std::io::Result<(
         )?;
     }
     Ok(())
+}
+
+impl StoreClient {
+    /// Makes `posix` the record of the stored object at `path` (of `size`
+    /// bytes, ETag `etag`) without moving its bytes: extended attributes on a
+    /// local store's file, a metadata-replacing copy onto itself on S3 (its
+    /// other metadata kept). Returns the ETag the object has afterwards.
+    pub async fn keep_posix(
+        &self,
+        path: &Path,
+        size: u64,
+        etag: Option<&str>,
+        posix: &PosixAttrs,
+    ) -> FsResult<Option<String>> {
+        if let Some(root) = &self.local_root {
+            let (file, posix) = (root.join(path.as_ref()), *posix);
+            run_blocking(move || write_local_posix(&file, &posix)).await?;
+            return Ok(etag.map(str::to_string));
+        }
+        let Some(copier) = &self.metadata else {
+            return Err(FsError::NotSupported(
+                "modes, owners and times of objects in this store".into(),
+            ));
+        };
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let got = self
+            .objects
+            .get_opts(path, head)
+            .await
+            .map_err(FsError::from_store)?;
+        if etag.is_some() && got.meta.e_tag.as_deref() != etag {
+            return Err(FsError::Stale(path.to_string()));
+        }
+        let mut attributes = got.attributes;
+        add_posix_attributes(&mut attributes, posix);
+        let current = got.meta.e_tag.as_deref();
+        match copier
+            .replace(path.as_ref(), size, current, &attributes)
+            .await
+        {
+            Ok(new) => Ok(new.or(got.meta.e_tag)),
+            Err(MetadataCopyError::Changed) => Err(FsError::Stale(path.to_string())),
+            Err(MetadataCopyError::Missing) => Err(FsError::NotFound),
+            Err(e @ MetadataCopyError::TooLarge(_)) => Err(FsError::NotSupported(e.to_string())),
+            Err(e) => Err(FsError::Store(e.to_string())),
+        }
+    }
 }
 
 fn parse_or_warn<T>(name: &str, value: &str, parse: fn(&str) -> Option<T>) -> Option<T> {

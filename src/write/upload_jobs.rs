@@ -14,6 +14,7 @@ use crate::error::{FsError, FsResult};
 use crate::meta::chunk_index::{ChunkIndex, VersionInfo};
 use crate::model::chunk::ChunkLayout;
 use crate::model::clock::now_secs;
+use crate::model::posix::PosixAttrs;
 use crate::model::version::FileId;
 use crate::namespace::object_path;
 use crate::tiers::kept_versions::KeptVersions;
@@ -126,7 +127,7 @@ impl UploadJobs {
             let Some(StagedRecord {
                 key,
                 sealed: Some(sealed),
-                ..
+                posix,
             }) = record
             else {
                 // Unlinked during the upload: take back what was put.
@@ -156,6 +157,14 @@ impl UploadJobs {
                 let etag = self.writes.uploader.verify(&key, &sealed, None).await?;
                 up.key = key;
                 up.etag = etag;
+                continue;
+            }
+            if posix_pending(&up, &posix) {
+                // Changed (chmod, utimens) while the bytes were on their way.
+                let path = object_path(&up.key)?;
+                let etag = up.etag.as_deref();
+                up.etag = client.keep_posix(&path, up.size, etag, &posix).await?;
+                up.posix = Some(posix);
                 continue;
             }
             if self.adopt(id, &up, &sealed, files)? {
@@ -189,6 +198,10 @@ impl UploadJobs {
             else {
                 return Ok(false);
             };
+            if posix_pending(up, &record.posix) {
+                // A chmod or utimens came in since: keep it first.
+                return Ok(false);
+            }
             let staged = self.writes.loaded(id);
             // Held until the copy is adopted, so that no writer slips in.
             let state = staged.as_ref().map(|s| s.state.lock());
@@ -289,5 +302,12 @@ impl UploadJobs {
             },
             _ => {}
         }
+    }
+}
+/// Whether the record holds a POSIX change the uploaded object lacks.
+fn posix_pending(up: &Uploaded, posix: &PosixAttrs) -> bool {
+    match up.posix {
+        Some(uploaded) => uploaded != *posix,
+        None => !posix.is_empty(),
     }
 }

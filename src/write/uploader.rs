@@ -43,16 +43,25 @@ pub struct Uploaded {
     /// The whole-file digest of the bytes uploaded.
     pub digest: u128,
     pub etag: Option<String>,
+    /// The POSIX record the object carries; None when not known here (an
+    /// upload verified by an earlier seal).
+    pub posix: Option<PosixAttrs>,
 }
 
 impl Uploaded {
-    fn of(key: String, sealed: &SealedUpload, etag: Option<String>) -> Uploaded {
+    fn of(
+        key: String,
+        sealed: &SealedUpload,
+        etag: Option<String>,
+        posix: Option<PosixAttrs>,
+    ) -> Uploaded {
         Uploaded {
             key,
             generation: sealed.generation,
             size: sealed.size,
             digest: sealed.digest,
             etag,
+            posix,
         }
     }
 }
@@ -148,7 +157,9 @@ impl Uploader {
         };
         if let Some(etag) = &sealed.verified_etag {
             let etag = Some(etag.clone());
-            return Ok(UploadOutcome::Uploaded(Uploaded::of(key, &sealed, etag)));
+            return Ok(UploadOutcome::Uploaded(Uploaded::of(
+                key, &sealed, etag, None,
+            )));
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -162,7 +173,12 @@ impl Uploader {
         let etag = self.verify(&key, &sealed, etag.as_deref()).await?;
         tracing::debug!(key, ?sent, verified = ?started.elapsed() - sent, "upload timing");
         self.stats.completed.fetch_add(1, Ordering::Relaxed);
-        Ok(UploadOutcome::Uploaded(Uploaded::of(key, &sealed, etag)))
+        Ok(UploadOutcome::Uploaded(Uploaded::of(
+            key,
+            &sealed,
+            etag,
+            Some(posix),
+        )))
     }
 
     fn chunks_per_part(sealed: &SealedUpload) -> u64 {
