@@ -6,7 +6,7 @@ mod common;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
@@ -105,15 +105,22 @@ fn every_operation(backend: Backend) {
     std::fs::remove_dir(mount.path("empty")).unwrap();
     assert!(!mount.path("empty").exists());
 
-    // chmod and utimens are accepted; links are refused clearly.
+    // chmod and utimens are kept; symbolic links are made; hard links are
+    // refused clearly.
     sh(&format!(
         "chmod 600 {0} && touch -d @1000000000 {0}",
         mount.path("short.txt").display()
     ));
+    let meta = std::fs::metadata(mount.path("short.txt")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(meta.mtime(), 1_000_000_000);
     let link = std::fs::hard_link(mount.path("short.txt"), mount.path("hard"));
     assert_eq!(link.unwrap_err().raw_os_error(), Some(libc::EPERM));
-    let symlink = std::os::unix::fs::symlink("short.txt", mount.path("soft"));
-    assert_eq!(symlink.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    std::os::unix::fs::symlink("short.txt", mount.path("soft")).unwrap();
+    assert_eq!(
+        std::fs::read_link(mount.path("soft")).unwrap(),
+        std::path::Path::new("short.txt")
+    );
     // A name the store cannot hold is refused before anything is written.
     let long = "n".repeat(300);
     let err = File::create(mount.path(&long)).unwrap_err();

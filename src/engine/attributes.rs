@@ -66,7 +66,9 @@ impl EngineCore {
     /// shows has not been read yet: a HEAD on S3, extended attributes on a
     /// local store. Unreachable, the node shows the defaults meanwhile.
     pub(crate) async fn with_posix(&self, node: Node) -> FsResult<Node> {
-        if node.posix_known || node.staged.is_some() || !self.options().posix_metadata {
+        // A prefix has no object to carry a record.
+        let object = node.kind != FileKind::Directory && node.staged.is_none();
+        if node.posix_known || !object || !self.options().posix_metadata {
             return Ok(node);
         }
         if let Some(root) = &self.uploader().client().local_root {
@@ -74,7 +76,7 @@ impl EngineCore {
             let posix = run_blocking(move || Ok::<_, FsError>(read_local_posix(&file))).await?;
             return Ok(self
                 .ns()
-                .set_posix(node.ino, node.etag.as_deref(), posix)
+                .set_posix(node.ino, (node.size, node.etag.as_deref()), posix)
                 .unwrap_or(node));
         }
         let head = GetOptions {
@@ -83,10 +85,11 @@ impl EngineCore {
         };
         match self.store().get_opts(&object_path(&node.path)?, head).await {
             Ok(got) => {
-                self.ns().refresh_file(node.ino, &got.meta);
+                // Only the record is taken: the version a node shows is named
+                // by what its listing gave (see `EngineCore::open`).
                 let posix = posix_of(&got.attributes);
-                let etag = got.meta.e_tag.as_deref();
-                Ok(self.ns().set_posix(node.ino, etag, posix).unwrap_or(node))
+                let read = (got.meta.size, got.meta.e_tag.as_deref());
+                Ok(self.ns().set_posix(node.ino, read, posix).unwrap_or(node))
             }
             Err(object_store::Error::NotFound { .. }) => {
                 self.ns().invalidate(node.parent);

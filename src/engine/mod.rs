@@ -413,8 +413,8 @@ impl EngineCore {
                     let posix = crate::store::posix_metadata::posix_of(&got.attributes);
                     if self.options.posix_metadata && self.uploader().client().local_root.is_none()
                     {
-                        let etag = got.meta.e_tag.as_deref();
-                        node = self.ns.set_posix(ino, etag, posix).unwrap_or(node);
+                        let read = (got.meta.size, got.meta.e_tag.as_deref());
+                        node = self.ns.set_posix(ino, read, posix).unwrap_or(node);
                     }
                 }
                 Err(object_store::Error::NotFound { .. }) => {

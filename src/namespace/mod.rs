@@ -291,13 +291,23 @@ impl Namespace {
         Some(node.clone())
     }
 
-    /// Records the POSIX attributes read for the version with `etag`; a node
-    /// that shows another version by now keeps what it has. A symbolic link
-    /// shows as one from here on, in its directory's listing too.
-    pub fn set_posix(&self, ino: u64, etag: Option<&str>, posix: PosixAttrs) -> Option<Node> {
+    /// Records the POSIX attributes read for the object version `read` (its
+    /// size and ETag); a node that shows another version keeps what it has. A
+    /// listing may give no ETag where a HEAD does: the size decides then. A
+    /// symbolic link shows as one from here on, in its directory's listing too.
+    pub fn set_posix(
+        &self,
+        ino: u64,
+        read: (u64, Option<&str>),
+        posix: PosixAttrs,
+    ) -> Option<Node> {
         let mut tables = self.tables.lock();
         let node = tables.nodes.get_mut(&ino)?;
-        if node.etag.as_deref() != etag {
+        let same = match (node.etag.as_deref(), read.1) {
+            (Some(shown), Some(read)) => shown == read,
+            _ => node.size == read.0,
+        };
+        if !same {
             return Some(node.clone());
         }
         node.posix = posix;
@@ -383,7 +393,8 @@ impl Tables {
                 // The local bytes are newer than anything the store lists.
                 return *ino;
             }
-            if node.etag != etag || etag.is_none() {
+            // Another version of an object may carry another record.
+            if kind == FileKind::File && (node.etag != etag || etag.is_none()) {
                 node.posix_known = false;
             }
             node.size = size;
@@ -476,5 +487,37 @@ mod tests {
             },
         );
         assert!(ns.fresh_listing(ROOT_INO).is_none());
+    }
+
+    #[test]
+    fn a_new_version_of_an_object_needs_its_record_read_again_and_a_prefix_never_does() {
+        let ns = Namespace::new(Duration::from_secs(60));
+        let listing = |size| ListResult {
+            common_prefixes: vec![Path::parse("d").unwrap()],
+            objects: vec![meta("f", size)],
+            extensions: Default::default(),
+        };
+        ns.install_listing(ROOT_INO, listing(1));
+        let f = ns.fresh_child(ROOT_INO, "f").unwrap().unwrap();
+        assert!(!f.posix_known);
+        let posix = PosixAttrs {
+            mode: Some(crate::model::posix::S_IFLNK | 0o777),
+            ..PosixAttrs::default()
+        };
+        let link = ns.set_posix(f.ino, (1, Some("e-1")), posix).unwrap();
+        assert_eq!((link.kind, link.posix_known), (FileKind::Symlink, true));
+        // A record read for another version is not taken.
+        let other = (1, Some("e-9"));
+        assert!(
+            !ns.set_posix(f.ino, other, PosixAttrs::default())
+                .unwrap()
+                .posix
+                .is_empty()
+        );
+        ns.install_listing(ROOT_INO, listing(1));
+        assert!(ns.fresh_child(ROOT_INO, "f").unwrap().unwrap().posix_known);
+        ns.install_listing(ROOT_INO, listing(2));
+        assert!(!ns.fresh_child(ROOT_INO, "f").unwrap().unwrap().posix_known);
+        assert!(ns.fresh_child(ROOT_INO, "d").unwrap().unwrap().posix_known);
     }
 }
