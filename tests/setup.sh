@@ -25,5 +25,19 @@ if [ ! -x "$tools/venv/bin/python" ] || ! "$tools/venv/bin/python" -c 'import sa
     "$tools/venv/bin/pip" install --quiet 'safetensors==0.8.0' 'numpy>=1.26,<3' 'moto[server]==5.2.5'
 fi
 
+# pjdfstest, the POSIX suite, from its source next to the checkout when there is
+# one (CI has it; a fresh clone does not, and its test then skips and says so).
+pjd_src=$(ls "$(dirname "$0")"/../../shared/third_party/pjdfstest-*.tar.gz 2>/dev/null | head -1 || true)
+if [ -n "$pjd_src" ] && [ ! -x "$tools/pjdfstest/pjdfstest" ]; then
+    if command -v autoreconf >/dev/null && command -v cc >/dev/null; then
+        echo "setup: building pjdfstest from $pjd_src"
+        rm -rf "$tools/pjdfstest"
+        tar xzf "$pjd_src" -C "$tools"
+        (cd "$tools/pjdfstest" && autoreconf -ifs >/dev/null 2>&1 && ./configure >/dev/null && make pjdfstest >/dev/null)
+    else
+        echo "setup: warning: autoconf or a C compiler is missing; pjdfstest is not built" >&2
+    fi
+fi
+
 command -v fusermount3 >/dev/null || echo "setup: warning: fusermount3 not found; install fuse3" >&2
 echo "setup: tools ready in $tools"
