@@ -163,9 +163,19 @@ fn classify(failures: &[Failure]) -> Vec<(Failure, String)> {
             .is_some_and(|names| names.iter().any(|n| f.line.contains(n.as_str())))
         {
             "follows from a FIFO, socket, device node or hard link that was refused".to_string()
+        } else if f.file.ends_with("/03.t") || f.file == "rename/02.t" {
+            // These files make paths of PATH_MAX (4,096) bytes.
+            "a path of PATH_MAX bytes is over S3's 1,024-byte key limit (ENAMETOOLONG)".to_string()
+        } else if !f.line.contains(" - tried ") {
+            // A comparison the script makes itself, with no message.
+            if refused_names.contains_key(&f.file) {
+                "a comparison in the script, in a loop over file types after a refused FIFO, socket or device node".to_string()
+            } else {
+                "a comparison in the script (times, link counts or inode numbers) that does not hold".to_string()
+            }
         } else {
             let answered = f.line.rsplit("got ").next().unwrap_or("?");
-            format!("answers {answered}")
+            format!("not met: answers {answered}")
         };
         out.push((f.clone(), why));
     }

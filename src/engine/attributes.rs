@@ -129,10 +129,22 @@ impl EngineCore {
         }
         self.writable()?;
         let node = self.with_posix(node).await?;
-        let posix = PosixAttrs {
+        let mut posix = PosixAttrs {
             ctime: Some(change.ctime.unwrap_or_else(SystemTime::now)),
             ..node.posix.changed_by(&asked)
         };
+        let chown = change.uid.is_some() || change.gid.is_some();
+        if chown && change.mode.is_none() && node.kind == FileKind::File {
+            // As Linux does for a regular file: a new owner or group takes the
+            // set-user-ID bit, and the set-group-ID bit when group execution
+            // is on (without it, the bit marks mandatory locking).
+            let mode = posix.mode.unwrap_or(S_IFREG | 0o644);
+            let group_exec = mode & libc::S_IXGRP != 0;
+            let kill = libc::S_ISUID | if group_exec { libc::S_ISGID } else { 0 };
+            if mode & kill != 0 {
+                posix.mode = Some(mode & !kill);
+            }
+        }
         let etag = self.keep_posix(&node, posix).await?;
         self.ns()
             .update(ino, |n| {

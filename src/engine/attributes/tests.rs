@@ -208,3 +208,24 @@ async fn objects_without_a_record_and_directories_show_the_defaults_until_change
     assert_eq!(f.core.entry(&dir).attr.perm, 0o700);
     assert_eq!(f.core.entry(&dir).attr.kind, FileKind::Directory);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_takes_the_set_id_bits_of_a_file() {
+    let f = EngineFixture::new();
+    let node = f.write_file(ROOT_INO, "tool", b"x").await;
+    let set = |mode| AttrChange {
+        mode: Some(mode),
+        ..AttrChange::default()
+    };
+    let chown = AttrChange {
+        uid: Some(5),
+        ..AttrChange::default()
+    };
+    f.core.setattr(node.ino, None, set(0o6755)).await.unwrap();
+    let after = f.core.setattr(node.ino, None, chown).await.unwrap();
+    assert_eq!(f.core.entry(&after).attr.perm, 0o755);
+    // Without group execution the set-group-ID bit stays.
+    f.core.setattr(node.ino, None, set(0o6745)).await.unwrap();
+    let after = f.core.setattr(node.ino, None, chown).await.unwrap();
+    assert_eq!(f.core.entry(&after).attr.perm, 0o2745);
+}
