@@ -242,7 +242,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -254,6 +254,7 @@ impl<E: FsEngine + Clone> Filesystem for FuseAdapter<E> {
             fh.0,
             offset,
             data,
+            write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
             answer(reply, |reply: ReplyWrite, n: u32| reply.written(n)),
         );
     }

@@ -202,7 +202,17 @@ pub trait FsEngine: Send + Sync + 'static {
     /// Creates a file (or truncates one the kernel did not know) and opens it
     /// for writing.
     fn create(&self, parent: u64, name: &OsStr, creator: Creator, reply: Reply<(Entry, Opened)>);
-    fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8], reply: Reply<u32>);
+    /// `kill_suidgid`: the kernel asks the write to clear the file's set-ID
+    /// bits (the writer may not keep them).
+    fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        reply: Reply<u32>,
+    );
     /// `fh` is the handle the change came through, when it came through one.
     fn setattr(&self, ino: u64, fh: Option<u64>, change: AttrChange, reply: Reply<Entry>);
     fn fsync(&self, ino: u64, fh: u64, reply: Reply<()>);

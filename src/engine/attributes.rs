@@ -61,7 +61,42 @@ pub(crate) fn created_by(creator: Creator, kind_bits: u32) -> PosixAttrs {
     }
 }
 
+/// A file mode without the bits a new owner or a write by another user takes
+/// from it: set-user-ID, and set-group-ID when group execution is on
+/// (without it, the bit marks mandatory locking).
+pub(crate) fn without_set_id(mode: u32) -> u32 {
+    let group_exec = mode & libc::S_IXGRP != 0;
+    mode & !(libc::S_ISUID | if group_exec { libc::S_ISGID } else { 0 })
+}
+
+/// Whether a write by another user would change `mode` (see [`without_set_id`]).
+pub(crate) fn has_set_id(mode: Option<u32>) -> bool {
+    mode.is_some_and(|m| without_set_id(m) != m)
+}
+
 impl EngineCore {
+    /// A write asked to clear the file's set-ID bits: done in the record of
+    /// the staged file it writes (no store request; the upload carries it).
+    pub(crate) fn kill_suidgid(&self, ino: u64) -> FsResult<()> {
+        let node = self.node(ino)?;
+        if !has_set_id(node.posix.mode) {
+            return Ok(());
+        }
+        let posix = PosixAttrs {
+            mode: node.posix.mode.map(without_set_id),
+            ctime: Some(SystemTime::now()),
+            ..node.posix
+        };
+        if let Some(id) = node.staged {
+            self.writes().registry.update(id, false, |r| {
+                r.posix = posix;
+                true
+            })?;
+        }
+        self.ns().update(ino, |n| n.posix = posix);
+        Ok(())
+    }
+
     /// `node` with its POSIX record, read from the store when the version it
     /// shows has not been read yet: a HEAD on S3, extended attributes on a
     /// local store. Unreachable, the node shows the defaults meanwhile.
@@ -135,15 +170,9 @@ impl EngineCore {
         };
         let chown = change.uid.is_some() || change.gid.is_some();
         if chown && change.mode.is_none() && node.kind == FileKind::File {
-            // As Linux does for a regular file: a new owner or group takes the
-            // set-user-ID bit, and the set-group-ID bit when group execution
-            // is on (without it, the bit marks mandatory locking).
-            let mode = posix.mode.unwrap_or(S_IFREG | 0o644);
-            let group_exec = mode & libc::S_IXGRP != 0;
-            let kill = libc::S_ISUID | if group_exec { libc::S_ISGID } else { 0 };
-            if mode & kill != 0 {
-                posix.mode = Some(mode & !kill);
-            }
+            // As Linux does for a regular file: a new owner or group takes
+            // the set-ID bits.
+            posix.mode = posix.mode.map(without_set_id);
         }
         let etag = self.keep_posix(&node, posix).await?;
         self.ns()

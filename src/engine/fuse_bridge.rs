@@ -147,13 +147,24 @@ impl FsEngine for FuseBridge {
         });
     }
 
-    fn write(&self, _ino: u64, fh: u64, offset: u64, data: &[u8], reply: Reply<u32>) {
+    fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        reply: Reply<u32>,
+    ) {
         // A write to the local staging file is answered here, on the dispatch
         // thread; only a write that must wait for room goes to the runtime.
         let staged = match self.core.writable_handle(fh) {
             Ok(staged) => staged,
             Err(e) => return answer(reply, Err(e)),
         };
+        if kill_suidgid && let Err(e) = self.core.kill_suidgid(ino) {
+            return answer(reply, Err(e));
+        }
         match self.core.write_staged(&staged, offset, data) {
             Err(FsError::NoSpace(_)) => {
                 let data = data.to_vec();

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tierfs_fuse::{Backing, FileIdentity};
 
 use crate::engine::EngineCore;
+use crate::engine::attributes::has_set_id;
 use crate::engine::io_modes::backing_in_use;
 use crate::engine::write_ops::room_left;
 use crate::error::FsResult;
@@ -36,6 +37,14 @@ impl EngineCore {
         live: Option<FileIdentity>,
     ) -> Option<Backing> {
         if !self.passthrough() {
+            return None;
+        }
+        // Writes that pass through never reach tierfs, so they could not clear
+        // set-ID bits that a write by another user must clear.
+        let set_id = self
+            .node(staged.ino)
+            .is_ok_and(|n| has_set_id(n.posix.mode));
+        if writer && set_id {
             return None;
         }
         let backing = match staged.file.try_clone().and_then(Backing::new) {

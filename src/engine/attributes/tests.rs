@@ -229,3 +229,21 @@ async fn a_new_owner_takes_the_set_id_bits_of_a_file() {
     let after = f.core.setattr(node.ino, None, chown).await.unwrap();
     assert_eq!(f.core.entry(&after).attr.perm, 0o2745);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_must_clear_set_id_bits_clears_them_and_is_not_passed_through() {
+    let f = EngineFixture::with(|o| o.passthrough = true);
+    let (node, staged) = f.core.create(ROOT_INO, "suid", ME).await.unwrap();
+    let chmod = AttrChange {
+        mode: Some(0o4777),
+        ..AttrChange::default()
+    };
+    f.core.setattr(node.ino, None, chmod).await.unwrap();
+    assert!(f.core.staged_backing(&staged, true, None).is_none());
+    assert!(f.core.staged_backing(&staged, false, None).is_some());
+    f.core.kill_suidgid(node.ino).unwrap();
+    let after = f.core.node(node.ino).unwrap();
+    assert_eq!(f.core.entry(&after).attr.perm, 0o777);
+    let record = f.core.writes().registry.get(staged.id).unwrap().unwrap();
+    assert_eq!(record.posix.mode, Some(S_IFREG | 0o777));
+}
