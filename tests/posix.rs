@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use common::{Backend, Mount};
 
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -55,6 +59,8 @@ fn survives_a_fresh_mount(backend: &Backend) {
     std::os::unix::fs::chown(&script, Some(1000), Some(100)).unwrap();
     set_mtime(&script, "1600000000.25");
     std::fs::create_dir(mount.path("step-1000")).unwrap();
+    std::fs::create_dir(mount.path("empty")).unwrap();
+    chmod(&mount.path("empty"), 0o710);
     std::os::unix::fs::symlink("step-1000/model.bin", mount.path("latest")).unwrap();
     // A change after the upload is kept too.
     write_uploaded(&mount.path("step-1000/model.bin"), b"weights");
@@ -84,6 +90,10 @@ fn survives_a_fresh_mount(backend: &Backend) {
         Path::new("step-1000/model.bin")
     );
     assert_eq!(std::fs::read(again.path("latest")).unwrap(), b"weights");
+    // A local store keeps directories with their records; S3 keeps none yet.
+    if matches!(backend, Backend::Local(_)) {
+        assert_eq!(mode(&again.path("empty")), 0o710);
+    }
     let out = Command::new(again.path("run.sh")).output().unwrap();
     assert_eq!(out.stdout, b"ok\n");
     again.unmount();

@@ -75,6 +75,21 @@ pub(crate) fn has_set_id(mode: Option<u32>) -> bool {
 }
 
 impl EngineCore {
+    /// After a delete or a rename out of `dir` on a local store, whose client
+    /// removes a directory its last object leaves: `dir` is made again with
+    /// its record when it carries one.
+    pub(crate) async fn keep_emptied_dir(&self, dir: u64) -> FsResult<()> {
+        let node = self.node(dir)?;
+        if node.path.is_empty() || node.posix.is_empty() {
+            return Ok(());
+        }
+        self.uploader()
+            .client()
+            .keep_dir_posix(&node.path, &node.posix)
+            .await?;
+        Ok(())
+    }
+
     /// A write asked to clear the file's set-ID bits: done in the record of
     /// the staged file it writes (no store request; the upload carries it).
     pub(crate) fn kill_suidgid(&self, ino: u64) -> FsResult<()> {
@@ -101,10 +116,19 @@ impl EngineCore {
     /// shows has not been read yet: a HEAD on S3, extended attributes on a
     /// local store. Unreachable, the node shows the defaults meanwhile.
     pub(crate) async fn with_posix(&self, node: Node) -> FsResult<Node> {
-        // A prefix has no object to carry a record.
-        let object = node.kind != FileKind::Directory && node.staged.is_none();
-        if node.posix_known || !object || !self.options().posix_metadata {
+        if node.posix_known || node.staged.is_some() || !self.options().posix_metadata {
             return Ok(node);
+        }
+        if node.kind == FileKind::Directory {
+            // A local store's directories carry records; a bucket's prefixes
+            // have no object to carry one.
+            return match self.uploader().client().dir_posix(&node.path).await? {
+                Some(posix) => Ok(self
+                    .ns()
+                    .set_posix(node.ino, (0, None), posix)
+                    .unwrap_or(node)),
+                None => Ok(node),
+            };
         }
         if let Some(root) = &self.uploader().client().local_root {
             let file = root.join(&node.path);
@@ -210,6 +234,11 @@ impl EngineCore {
     /// it is kept (a copy in place may give it a new one).
     async fn keep_posix(&self, node: &Node, posix: PosixAttrs) -> FsResult<Option<String>> {
         if node.kind == FileKind::Directory {
+            // Kept on a local store; in memory otherwise.
+            self.uploader()
+                .client()
+                .keep_dir_posix(&node.path, &posix)
+                .await?;
             return Ok(None);
         }
         let mut node = node.clone();

@@ -73,10 +73,16 @@ impl EngineCore {
             return Err(FsError::Exists);
         }
         self.writes().registry.put_dir(&key)?;
+        let posix = created_by(creator, S_IFDIR);
+        // A local store keeps the directory and its record.
+        self.writes()
+            .uploader
+            .client()
+            .keep_dir_posix(&key, &posix)
+            .await?;
         let node = self
             .ns()
             .add_local(parent, name, FileKind::Directory, None, 0)?;
-        let posix = created_by(creator, S_IFDIR);
         self.ns()
             .update(node.ino, |n| n.posix = posix)
             .ok_or(FsError::NotFound)
@@ -98,7 +104,7 @@ impl EngineCore {
             Err(e) => return Err(FsError::from_store(e)),
         }
         self.ns().remove_child(parent, name);
-        Ok(())
+        self.keep_emptied_dir(parent).await
     }
 
     /// Whether a directory has entries, in the store or only here.
@@ -121,6 +127,7 @@ impl EngineCore {
             return Err(FsError::NotEmpty);
         }
         self.writes().registry.delete_dir(&node.path)?;
+        self.writes().uploader.client().remove_dir(&node.path)?;
         self.ns().remove_child(parent, name);
         Ok(())
     }
@@ -174,9 +181,15 @@ impl EngineCore {
             self.ns().remove_child(new_parent, new_name);
         }
         let tree = node.kind == FileKind::Directory;
+        let client = self.writes().uploader.client();
+        if tree {
+            // Directories first, each with its record: moving the objects
+            // removes the ones they leave empty.
+            client.move_dirs(&node.path, &new_path).await?;
+        }
         self.move_objects(&node.path, &new_path, tree).await?;
         self.ns().rename(node.ino, new_parent, new_name)?;
-        Ok(())
+        self.keep_emptied_dir(parent).await
     }
 
     /// Moves everything at `from` (a key, or every key below it for a

@@ -246,7 +246,7 @@ impl EngineCore {
     pub(crate) fn show_size(&self, ino: u64, size: u64) {
         self.ns().update(ino, |n| {
             n.size = size;
-            n.mtime = std::time::SystemTime::now();
+            n.modified(std::time::SystemTime::now());
         });
     }
 
@@ -325,7 +325,13 @@ impl EngineCore {
         })
         .await?;
         let mut replaced = None;
+        // The record goes with the upload as the mount shows it (written to
+        // since it was created, changed by chmod).
+        let shown = self.ns().node(staged.ino).map(|n| n.posix);
         let record = self.writes().registry.update(staged.id, durable, |r| {
+            if let Some(posix) = shown {
+                r.posix = posix;
+            }
             // Seals run concurrently (a close, then another writer's close): one
             // that hashed an older generation must not replace a newer seal,
             // whose upload would then never be asked for.

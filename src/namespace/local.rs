@@ -49,7 +49,15 @@ impl Tables {
     }
 
     /// Puts a child into the overlay and into the directory's cached listing.
+    /// A directory's entries changed now: its times move.
+    fn entries_changed(&mut self, dir: u64) {
+        if let Some(node) = self.nodes.get_mut(&dir) {
+            node.modified(SystemTime::now());
+        }
+    }
+
     fn link_child(&mut self, dir: u64, name: &str, ino: u64, kind: FileKind) {
+        self.entries_changed(dir);
         self.local
             .entry(dir)
             .or_default()
@@ -72,6 +80,7 @@ impl Tables {
     }
 
     fn unlink_child(&mut self, dir: u64, name: &str) {
+        self.entries_changed(dir);
         if let Some(local) = self.local.get_mut(&dir) {
             local.remove(name);
         }

@@ -47,6 +47,18 @@ pub struct Node {
     pub posix_known: bool,
 }
 
+impl Node {
+    /// The file's bytes (or a directory's entries) changed at `now`: its
+    /// modification and change times move, in its record too when it has one.
+    pub fn modified(&mut self, now: SystemTime) {
+        self.mtime = now;
+        if self.posix.mtime.is_some() {
+            self.posix.mtime = Some(now);
+        }
+        self.posix.ctime = Some(now);
+    }
+}
+
 /// The kind under which the namespace files a path: an object (a file or a
 /// symbolic link) or a prefix.
 pub(crate) fn path_kind(kind: FileKind) -> FileKind {
@@ -414,8 +426,9 @@ impl Tables {
             etag,
             staged: None,
             posix: PosixAttrs::default(),
-            // A prefix has nothing to read; an object carries its record.
-            posix_known: kind == FileKind::Directory,
+            // An object carries its record, and so does a local store's
+            // directory.
+            posix_known: false,
         };
         self.nodes.insert(ino, node);
         ino
@@ -518,6 +531,11 @@ mod tests {
         assert!(ns.fresh_child(ROOT_INO, "f").unwrap().unwrap().posix_known);
         ns.install_listing(ROOT_INO, listing(2));
         assert!(!ns.fresh_child(ROOT_INO, "f").unwrap().unwrap().posix_known);
+        // A directory's record, once read, stays through listings.
+        let d = ns.fresh_child(ROOT_INO, "d").unwrap().unwrap();
+        assert!(!d.posix_known);
+        ns.set_posix(d.ino, (0, None), PosixAttrs::default());
+        ns.install_listing(ROOT_INO, listing(3));
         assert!(ns.fresh_child(ROOT_INO, "d").unwrap().unwrap().posix_known);
     }
 }

@@ -161,6 +161,79 @@ impl StoreClient {
     }
 }
 
+/// Directory records on a local-directory store, whose directories are real
+/// ones: the record is extended attributes on the directory itself, so an
+/// empty directory made through the mount (and its mode) outlives the mount.
+/// Stores with object metadata only keep directories in memory for now.
+impl StoreClient {
+    /// Makes the directory at `key` and keeps `posix` as its record; false
+    /// for a store that keeps no directories.
+    pub async fn keep_dir_posix(&self, key: &str, posix: &PosixAttrs) -> FsResult<bool> {
+        let Some(root) = &self.local_root else {
+            return Ok(false);
+        };
+        let (dir, posix) = (root.join(key), *posix);
+        run_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            write_local_posix(&dir, &posix)
+        })
+        .await?;
+        Ok(true)
+    }
+
+    /// The record of the directory at `key`; None for a store that keeps no
+    /// directories.
+    pub async fn dir_posix(&self, key: &str) -> FsResult<Option<PosixAttrs>> {
+        let Some(root) = &self.local_root else {
+            return Ok(None);
+        };
+        let dir = root.join(key);
+        run_blocking(move || Ok::<_, FsError>(Some(read_local_posix(&dir)))).await
+    }
+
+    /// After a directory's objects moved from `from` to `to`: its directories
+    /// that are left (empty ones, with their records) move too.
+    pub async fn move_dirs(&self, from: &str, to: &str) -> FsResult<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let (from, to) = (root.join(from), root.join(to));
+        run_blocking(move || move_dir_tree(&from, &to)).await
+    }
+
+    /// Removes the empty directory at `key` from a local store.
+    pub fn remove_dir(&self, key: &str) -> std::io::Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        match std::fs::remove_dir(root.join(key)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Recreates each directory below `from` (itself included) at `to` with its
+/// record, then removes those left empty, deepest first. Files are never
+/// touched: one still under `from` keeps its directory there.
+fn move_dir_tree(from: &FsPath, to: &FsPath) -> std::io::Result<()> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(to)?;
+    write_local_posix(to, &read_local_posix(from))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            move_dir_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    }
+    match std::fs::remove_dir(from) {
+        Err(e) if e.kind() != std::io::ErrorKind::DirectoryNotEmpty => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn parse_or_warn<T>(name: &str, value: &str, parse: fn(&str) -> Option<T>) -> Option<T> {
     let parsed = parse(value.trim());
     if parsed.is_none() {

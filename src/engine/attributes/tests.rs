@@ -247,3 +247,65 @@ async fn a_write_that_must_clear_set_id_bits_clears_them_and_is_not_passed_throu
     let record = f.core.writes().registry.get(staged.id).unwrap().unwrap();
     assert_eq!(record.posix.mode, Some(S_IFREG | 0o777));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_new_entries_move_the_times_and_the_upload_keeps_the_last_write() {
+    let f = EngineFixture::new();
+    let (node, staged) = f.core.create(ROOT_INO, "w.bin", ME).await.unwrap();
+    let created = f.core.entry(&f.core.node(node.ino).unwrap()).attr.mtime;
+    std::thread::sleep(Duration::from_millis(20));
+    f.core.write_staged(&staged, 0, b"abc").unwrap();
+    let written = f.core.entry(&f.core.node(node.ino).unwrap()).attr;
+    assert!(written.mtime > created && written.ctime >= written.mtime);
+    let opened = f.core.add_staged_handle(node.ino, staged, true).unwrap();
+    f.core.fsync(opened.fh).await.unwrap();
+    f.core.release(opened.fh);
+    f.settled().await;
+    let stored = read_local_posix(&f.store.path().join("w.bin"));
+    let shown = f.core.entry(&f.core.node(node.ino).unwrap()).attr.mtime;
+    assert!(shown >= written.mtime);
+    assert_eq!(stored.mtime, Some(shown));
+
+    let root = f.core.entry(&f.core.node(ROOT_INO).unwrap()).attr;
+    std::thread::sleep(Duration::from_millis(20));
+    f.core.mkdir(ROOT_INO, "d", ME).await.unwrap();
+    let after = f.core.entry(&f.core.node(ROOT_INO).unwrap()).attr;
+    assert!(after.mtime > root.mtime && after.ctime > root.ctime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_store_keeps_directories_with_their_records_through_renames_and_deletes() {
+    let f = EngineFixture::new();
+    let dir = f.core.mkdir(ROOT_INO, "ckpt", ALICE).await.unwrap();
+    let empty = f.core.mkdir(dir.ino, "empty", ALICE).await.unwrap();
+    let chmod = AttrChange {
+        mode: Some(0o700),
+        ..AttrChange::default()
+    };
+    f.core.setattr(empty.ino, None, chmod).await.unwrap();
+    f.write_file(dir.ino, "w.bin", b"w").await;
+    let stored = read_local_posix(&f.store.path().join("ckpt"));
+    assert_eq!(stored.mode, Some(crate::model::posix::S_IFDIR | 0o750));
+    // The last file leaving keeps the directory and its record.
+    f.core.unlink(dir.ino, "w.bin").await.unwrap();
+    assert!(f.store.path().join("ckpt").is_dir());
+
+    f.core
+        .rename(ROOT_INO, "ckpt", ROOT_INO, "moved", false)
+        .await
+        .unwrap();
+    assert!(!f.store.path().join("ckpt").exists());
+    let other = f.another_mount(|_| {});
+    let moved = other.core.entry(&other.node("moved").await).attr;
+    assert_eq!((moved.perm, moved.uid, moved.gid), (0o750, 1000, 100));
+    assert_eq!(
+        other.core.entry(&other.node("moved/empty").await).attr.perm,
+        0o700
+    );
+
+    f.core
+        .rmdir(f.node("moved").await.ino, "empty")
+        .await
+        .unwrap();
+    assert!(!f.store.path().join("moved/empty").exists());
+}
