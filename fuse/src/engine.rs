@@ -38,6 +38,9 @@ pub struct Attr {
     pub mtime: SystemTime,
     pub atime: SystemTime,
     pub ctime: SystemTime,
+    /// Hard links: 1 for a file (0 once unlinked while open), 2 plus its
+    /// subdirectories for a directory.
+    pub nlink: u32,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,

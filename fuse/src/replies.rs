@@ -35,7 +35,7 @@ pub(crate) fn file_attr(attr: &Attr) -> FileAttr {
         crtime: attr.mtime,
         kind,
         perm: attr.perm,
-        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
         rdev: 0,

@@ -17,12 +17,9 @@ use tierfs_fuse::{AttrChange, Creator, FileKind};
 
 use crate::engine::EngineCore;
 use crate::error::{FsError, FsResult};
-use crate::io::blocking::run_blocking;
 use crate::model::posix::{PosixAttrs, S_IFDIR, S_IFLNK, S_IFREG};
 use crate::namespace::{Node, join, object_path, valid_name};
-use crate::store::posix_metadata::{
-    add_posix_attributes, posix_of, read_local_posix, write_local_posix,
-};
+use crate::store::posix_metadata::{add_posix_attributes, posix_of};
 
 /// The longest key S3 takes, in bytes; longer ones are ENAMETOOLONG before
 /// anything reaches the store.
@@ -119,24 +116,14 @@ impl EngineCore {
         if node.posix_known || node.staged.is_some() || !self.options().posix_metadata {
             return Ok(node);
         }
-        if node.kind == FileKind::Directory {
-            // A local store's directories carry records; a bucket's prefixes
-            // have no object to carry one.
-            return match self.uploader().client().dir_posix(&node.path).await? {
-                Some(posix) => Ok(self
-                    .ns()
-                    .set_posix(node.ino, (0, None), posix)
-                    .unwrap_or(node)),
-                None => Ok(node),
-            };
+        // A local store keeps the records of files and directories alike.
+        if let Some(posix) = self.uploader().client().local_posix(&node.path).await? {
+            let shown = (node.size, node.etag.as_deref());
+            return Ok(self.ns().set_posix(node.ino, shown, posix).unwrap_or(node));
         }
-        if let Some(root) = &self.uploader().client().local_root {
-            let file = root.join(&node.path);
-            let posix = run_blocking(move || Ok::<_, FsError>(read_local_posix(&file))).await?;
-            return Ok(self
-                .ns()
-                .set_posix(node.ino, (node.size, node.etag.as_deref()), posix)
-                .unwrap_or(node));
+        if node.kind == FileKind::Directory {
+            // A bucket's prefix has no object to carry a record.
+            return Ok(node);
         }
         let head = GetOptions {
             head: true,
@@ -306,9 +293,10 @@ impl EngineCore {
             .put_opts(&path, body, options)
             .await
             .map_err(FsError::from_store)?;
-        if let Some(root) = &client.local_root {
-            let file = root.join(&key);
-            run_blocking(move || write_local_posix(&file, &posix)).await?;
+        if client.local_root.is_some() {
+            client
+                .keep_posix(&path, target.len() as u64, put.e_tag.as_deref(), &posix)
+                .await?;
         }
         let node =
             self.ns()

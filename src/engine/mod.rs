@@ -278,6 +278,11 @@ impl EngineCore {
             perm
         };
         let mtime = node.posix.mtime.unwrap_or(node.mtime);
+        let nlink = match node.kind {
+            FileKind::Directory => 2 + self.ns.subdir_count(node.ino),
+            _ if !self.ns.is_linked(node) => 0,
+            _ => 1,
+        };
         Entry {
             attr: Attr {
                 ino: node.ino,
@@ -286,6 +291,7 @@ impl EngineCore {
                 mtime,
                 atime: node.posix.atime.unwrap_or(mtime),
                 ctime: node.posix.ctime.unwrap_or(mtime),
+                nlink,
                 perm,
                 uid: node.posix.uid.unwrap_or(self.uid),
                 gid: node.posix.gid.unwrap_or(self.gid),

@@ -348,6 +348,31 @@ impl Namespace {
         Some(node)
     }
 
+    /// Subdirectories of `dir` as its listing (or, unlisted, the directories
+    /// made in it through the mount) shows them.
+    pub fn subdir_count(&self, dir: u64) -> u32 {
+        let tables = self.tables.lock();
+        let is_dir = |ino: &u64| {
+            tables
+                .nodes
+                .get(ino)
+                .is_some_and(|n| n.kind == FileKind::Directory)
+        };
+        let count = match tables.listings.get(&dir) {
+            Some(listing) => listing.children.values().filter(|ino| is_dir(ino)).count(),
+            None => tables.local.get(&dir).map_or(0, |children| {
+                children.values().filter(|ino| is_dir(ino)).count()
+            }),
+        };
+        count as u32
+    }
+
+    /// Whether `node` still has a name (a file unlinked while open has none).
+    pub fn is_linked(&self, node: &Node) -> bool {
+        let key = (node.path.clone(), path_kind(node.kind));
+        self.tables.lock().by_path.get(&key) == Some(&node.ino)
+    }
+
     /// Logs a key that cannot be shown, once per key for the life of the mount.
     pub fn warn_once(&self, key: &str, why: &str) {
         self.tables.lock().warn_once(key, why);

@@ -181,9 +181,9 @@ impl StoreClient {
         Ok(true)
     }
 
-    /// The record of the directory at `key`; None for a store that keeps no
-    /// directories.
-    pub async fn dir_posix(&self, key: &str) -> FsResult<Option<PosixAttrs>> {
+    /// The record of the file or directory at `key` on a local store; None
+    /// for a store that keeps records in object metadata.
+    pub async fn local_posix(&self, key: &str) -> FsResult<Option<PosixAttrs>> {
         let Some(root) = &self.local_root else {
             return Ok(None);
         };

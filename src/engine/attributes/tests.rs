@@ -309,3 +309,21 @@ async fn a_local_store_keeps_directories_with_their_records_through_renames_and_
         .unwrap();
     assert!(!f.store.path().join("moved/empty").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_counts_count_subdirectories_and_drop_to_zero_for_an_unlinked_open_file() {
+    let f = EngineFixture::new();
+    let d = f.core.mkdir(ROOT_INO, "d", ME).await.unwrap();
+    assert_eq!(f.core.entry(&d).attr.nlink, 2);
+    f.core.mkdir(d.ino, "a", ME).await.unwrap();
+    f.core.mkdir(d.ino, "b", ME).await.unwrap();
+    let file = f.write_file(d.ino, "w.bin", b"w").await;
+    assert_eq!(f.core.entry(&f.core.node(d.ino).unwrap()).attr.nlink, 4);
+    assert_eq!(f.core.entry(&file).attr.nlink, 1);
+    let fh = f.open("d/w.bin").await;
+    f.core.unlink(d.ino, "w.bin").await.unwrap();
+    assert_eq!(f.core.entry(&f.core.node(file.ino).unwrap()).attr.nlink, 0);
+    f.core.release(fh);
+    f.core.rmdir(d.ino, "a").await.unwrap();
+    assert_eq!(f.core.entry(&f.core.node(d.ino).unwrap()).attr.nlink, 3);
+}
