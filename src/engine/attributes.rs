@@ -122,8 +122,12 @@ impl EngineCore {
             return Ok(self.ns().set_posix(node.ino, shown, posix).unwrap_or(node));
         }
         if node.kind == FileKind::Directory {
-            // A bucket's prefix has no object to carry a record.
-            return Ok(node);
+            // A bucket's prefix has no object to carry a record: what this
+            // mount was told (a chmod) stays, and nothing is read again.
+            return Ok(self
+                .ns()
+                .update(node.ino, |n| n.posix_known = true)
+                .unwrap_or(node));
         }
         let head = GetOptions {
             head: true,
