@@ -7,7 +7,8 @@
 //! - an object on a local-directory store: extended attributes on its file;
 //! - an object on S3: its metadata, replaced in place by a copy of the object
 //!   onto itself (no bytes pass through tierfs);
-//! - a directory: in this mount's memory (the store keeps no directories).
+//! - a directory: extended attributes on it on a local-directory store, this
+//!   mount's memory on S3 (a bucket keeps no directories).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -77,7 +78,10 @@ impl EngineCore {
     /// its record when it carries one.
     pub(crate) async fn keep_emptied_dir(&self, dir: u64) -> FsResult<()> {
         let node = self.node(dir)?;
-        if node.path.is_empty() || node.posix.is_empty() {
+        // Times alone move with every entry; a mode or an owner is a record
+        // someone set.
+        let set = node.posix.mode.is_some() || node.posix.uid.is_some() || node.posix.gid.is_some();
+        if node.path.is_empty() || !set {
             return Ok(());
         }
         self.uploader()
@@ -100,13 +104,20 @@ impl EngineCore {
             ..node.posix
         };
         if let Some(id) = node.staged {
-            self.writes().registry.update(id, false, |r| {
-                r.posix = posix;
-                true
-            })?;
+            self.record_staged_posix(id, posix)?;
         }
         self.ns().update(ino, |n| n.posix = posix);
         Ok(())
+    }
+
+    /// Keeps `posix` in the record of staged file `id`, which its upload
+    /// carries; false when the record is gone (uploaded and adopted).
+    fn record_staged_posix(&self, id: u64, posix: PosixAttrs) -> FsResult<bool> {
+        let kept = self.writes().registry.update(id, false, |r| {
+            r.posix = posix;
+            true
+        })?;
+        Ok(kept.is_some())
     }
 
     /// `node` with its POSIX record, read from the store when the version it
@@ -234,11 +245,7 @@ impl EngineCore {
         }
         let mut node = node.clone();
         if let Some(id) = node.staged {
-            let kept = self.writes().registry.update(id, false, |r| {
-                r.posix = posix;
-                true
-            })?;
-            if kept.is_some() {
+            if self.record_staged_posix(id, posix)? {
                 return Ok(None);
             }
             // Uploaded and adopted meanwhile: the object takes the change.

@@ -12,7 +12,8 @@
 //!   whose record says 000, and owners need root to set.)
 //!
 //! A value that does not parse is left out (the default shows instead) and
-//! logged once: an object another tool wrote must never make a file unusable.
+//! logged at debug level: an object another tool wrote must never make a file
+//! unusable.
 
 use std::path::Path as FsPath;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
